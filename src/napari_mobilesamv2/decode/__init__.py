@@ -1,0 +1,1 @@
+"""Prompt-guided decoding, mask post-processing and label assembly."""

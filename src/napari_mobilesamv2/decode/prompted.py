@@ -1,0 +1,162 @@
+"""Prompt-guided decoding: boxes and points through SAM's prompt encoder and mask decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from ..embedding import ImageEmbedding
+from ..models.build import IMAGE_SIZE
+from .masks import MaskCrop, logits_to_crops
+
+_TRANSFORM = ResizeLongestSide(IMAGE_SIZE)
+
+
+@dataclass
+class DecodedMasks:
+    """Masks for a list of prompts, in prompt order.
+
+    Attributes
+    ----------
+    crops : list of MaskCrop
+        Binary full-resolution masks (thresholded logits > 0), stored as crops.
+    predicted_iou : numpy.ndarray
+        (N,) float32, the decoder's own quality estimate.
+    stability : numpy.ndarray
+        (N,) float32 stability scores (SAM's definition, offset 1.0).
+    low_res_logits : torch.Tensor
+        (N, 1, 256, 256) logits, usable as mask input for refinement.
+    """
+
+    crops: list[MaskCrop]
+    predicted_iou: np.ndarray
+    stability: np.ndarray
+    low_res_logits: torch.Tensor = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+
+def transform_boxes(boxes_xyxy: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+    """Image-pixel boxes to the 1024 model frame (``ResizeLongestSide.apply_boxes``, float64)."""
+    return _TRANSFORM.apply_boxes(np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), original_size)
+
+
+def transform_points(points_xy: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+    """Image-pixel (x, y) points to the 1024 model frame (``apply_coords``, float64)."""
+    return _TRANSFORM.apply_coords(np.asarray(points_xy, dtype=np.float32).reshape(-1, 2), original_size)
+
+
+@torch.inference_mode()
+def decode_box_logits(
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+    embedding: ImageEmbedding,
+    boxes_xyxy: np.ndarray,
+    batch_size: int = 320,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-res logits and predicted IoU for box prompts, one mask per box.
+
+    The computation is that of ``SamPredictor.predict_torch(boxes=...,
+    multimask_output=False)`` (and of the official MobileSAMv2 script), run in
+    batches of `batch_size` boxes.
+
+    Returns
+    -------
+    low_res : torch.Tensor
+        (N, 1, 256, 256) float32 logits.
+    iou : torch.Tensor
+        (N,) float32 predicted IoU.
+    """
+    device = embedding.device
+    boxes = torch.from_numpy(transform_boxes(boxes_xyxy, embedding.original_size)).to(device)
+    if boxes.shape[0] == 0:
+        return torch.zeros((0, 1, 256, 256), device=device), torch.zeros(0, device=device)
+    image_pe = prompt_encoder.get_dense_pe()
+    logits, ious = [], []
+    for start in range(0, boxes.shape[0], max(1, int(batch_size))):
+        sparse, dense = prompt_encoder(points=None, boxes=boxes[start:start + batch_size], masks=None)
+        low_res, iou = mask_decoder(
+            image_embeddings=embedding.features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=False,
+        )
+        logits.append(low_res)
+        ious.append(iou[:, 0])
+    return torch.cat(logits), torch.cat(ious)
+
+
+def decode_boxes(
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+    embedding: ImageEmbedding,
+    boxes_xyxy: np.ndarray,
+    batch_size: int = 320,
+) -> DecodedMasks:
+    """Full-resolution binary masks for box prompts (see :func:`decode_box_logits`)."""
+    low_res, iou = decode_box_logits(prompt_encoder, mask_decoder, embedding, boxes_xyxy, batch_size)
+    crops, stability = logits_to_crops(low_res, embedding.input_size, embedding.original_size)
+    return DecodedMasks(crops, iou.float().cpu().numpy(), stability, low_res)
+
+
+@dataclass(frozen=True)
+class ObjectPrompt:
+    """Prompts that together describe one object.
+
+    Attributes
+    ----------
+    points : numpy.ndarray
+        (K, 2) float (x, y) image pixels; may be empty.
+    labels : numpy.ndarray
+        (K,) int, 1 = foreground, 0 = background.
+    box : numpy.ndarray or None
+        (4,) float x0, y0, x1, y1 in image pixels.
+    """
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    box: np.ndarray | None = None
+
+
+@torch.inference_mode()
+def decode_object_prompts(
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+    embedding: ImageEmbedding,
+    objects: list[ObjectPrompt],
+) -> DecodedMasks:
+    """One mask per object from points and/or a box, as ``SamPredictor.predict`` does.
+
+    A lone foreground point is ambiguous, so SAM's three multimask outputs are
+    computed and the one with the highest predicted IoU is kept; with more
+    prompts the single-mask output is used.
+    """
+    device = embedding.device
+    logits, ious = [], []
+    image_pe = prompt_encoder.get_dense_pe()
+    for obj in objects:
+        points = None
+        if len(obj.points):
+            coords = torch.from_numpy(transform_points(obj.points, embedding.original_size)).to(device)
+            labels = torch.as_tensor(np.asarray(obj.labels), dtype=torch.int64, device=device)
+            points = (coords[None].float(), labels[None])
+        box = None
+        if obj.box is not None:
+            box = torch.from_numpy(transform_boxes(obj.box, embedding.original_size)).to(device)
+        sparse, dense = prompt_encoder(points=points, boxes=box, masks=None)
+        multimask = obj.box is None and len(obj.points) == 1
+        low_res, iou = mask_decoder(
+            image_embeddings=embedding.features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=multimask,
+        )
+        best = int(iou[0].argmax())
+        logits.append(low_res[:, best:best + 1])
+        ious.append(iou[:, best])
+    if not logits:
+        return DecodedMasks([], np.zeros(0, np.float32), np.zeros(0, np.float32), torch.zeros((0, 1, 256, 256)))
+    low_res, iou = torch.cat(logits), torch.cat(ious)
+    crops, stability = logits_to_crops(low_res, embedding.input_size, embedding.original_size)
+    return DecodedMasks(crops, iou.float().cpu().numpy(), stability, low_res)

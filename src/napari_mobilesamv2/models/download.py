@@ -1,0 +1,263 @@
+"""Find, download and verify weights files.
+
+Files live in one cache directory: the platform cache dir (``pooch.os_cache``) or
+``$NAPARI_MOBILESAMV2_CACHE``. A user may also put a file there by hand or pass
+the path of a copy they already have. Downloads go through pooch (atomic: a failed
+download leaves no partial file). Files without a published sha256 are pinned at
+their first download in ``pins.json`` and checked against that pin afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pooch
+
+from ..errors import IntegrityError, WeightsUnavailableError
+from .registry import WeightFile, human_url, weight_file
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "NAPARI_MOBILESAMV2_CACHE"
+PINS_FILE = "pins.json"
+_HASH_CACHE_FILE = "hash-cache.json"
+
+
+def cache_dir() -> Path:
+    """Directory that holds downloaded weights (``$NAPARI_MOBILESAMV2_CACHE`` overrides)."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path(pooch.os_cache("napari-mobilesamv2"))
+
+
+def cached_path(name: str) -> Path:
+    """Where the registry file `name` is (or would be) in the cache."""
+    return cache_dir() / weight_file(name).name
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so big files hash once."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = str(path)
+    memo = _read_json(cache_dir() / _HASH_CACHE_FILE)
+    hit = memo.get(key)
+    if hit and hit["size"] == stat.st_size and hit["mtime_ns"] == stat.st_mtime_ns:
+        return hit["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    _write_json(cache_dir() / _HASH_CACHE_FILE, memo, required=False)
+    return digest.hexdigest()
+
+
+def pinned_sha256(name: str) -> str | None:
+    """The sha256 recorded at the first download of a file with no published hash."""
+    entry = _read_json(cache_dir() / PINS_FILE).get(name)
+    return entry["sha256"] if entry else None
+
+
+def expected_sha256(name: str) -> str | None:
+    """Published sha256 of `name`, else its trust-on-first-use pin, else None."""
+    return weight_file(name).sha256 or pinned_sha256(name)
+
+
+def is_known_file(name: str, path: str | os.PathLike) -> bool:
+    """True if `path` has the published or pinned sha256 of registry file `name`."""
+    expected = expected_sha256(name)
+    return expected is not None and sha256_of(path) == expected
+
+
+def verify(name: str, path: str | os.PathLike | None = None) -> str:
+    """Check a file against its published or pinned sha256.
+
+    Returns a one-line status. Raises :class:`IntegrityError` on a mismatch; a
+    mismatching file inside the cache is deleted (it would be re-downloaded).
+    """
+    path = Path(path) if path is not None else cached_path(name)
+    if not path.is_file():
+        raise WeightsUnavailableError(missing_message([name]))
+    expected = expected_sha256(name)
+    actual = sha256_of(path)
+    if expected is None:
+        return f"{name}: no published hash and not pinned yet (sha256 {actual})"
+    if actual != expected:
+        in_cache = path.resolve().parent == cache_dir().resolve()
+        if in_cache:
+            path.unlink()
+        raise IntegrityError(
+            f"{path} has sha256 {actual} but {name} should have {expected}"
+            + ("; the corrupt file was deleted, download it again" if in_cache else "")
+        )
+    return f"{name}: ok (sha256 {actual})"
+
+
+def fetch(name: str, *, download: bool = True, progressbar: bool = True) -> Path:
+    """Return the verified cached copy of registry file `name`, downloading it if needed.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        The file is not cached and cannot be downloaded; the message names its
+        URL(s) and the path where a copy can be put.
+    IntegrityError
+        The downloaded or cached file does not match its sha256.
+    """
+    entry = weight_file(name)
+    target = cached_path(name)
+    if target.is_file():
+        verify(name, target)
+        return target
+    if not download:
+        raise WeightsUnavailableError(missing_message([name]))
+    _ensure_writable(target.parent)
+    errors = []
+    for url in entry.urls:
+        try:
+            _download(entry, url, target, progressbar)
+            break
+        except Exception as exc:  # network, HTTP or hash errors: try the next mirror
+            errors.append(f"{human_url(url)}: {exc}")
+            log.warning("download of %s from %s failed: %s", name, human_url(url), exc)
+    else:
+        raise WeightsUnavailableError(missing_message([name], errors))
+    if entry.sha256 is None and pinned_sha256(name) is None:
+        _pin(entry, target)
+    return target
+
+
+def missing_message(names: list[str], errors: list[str] | None = None) -> str:
+    """Message naming each missing file, its URL(s) and the path to put a copy."""
+    lines = ["Model weights are missing and could not be downloaded:"]
+    for name in names:
+        entry = weight_file(name)
+        urls = " or ".join(human_url(u) for u in entry.urls)
+        lines.append(f"  {name}: download {urls} and save it as {cached_path(name)}")
+    if errors:
+        lines.append("Download errors: " + "; ".join(errors))
+    lines.append(f"(set {CACHE_ENV} to use another folder, or pass the file paths explicitly)")
+    return "\n".join(lines)
+
+
+def _download(entry: WeightFile, url: str, target: Path, progressbar: bool) -> None:
+    known_hash = f"sha256:{entry.sha256}" if entry.sha256 else None
+    if url.startswith("gdrive:"):
+        url, downloader = _gdrive_url(url), GoogleDriveDownloader(progressbar=progressbar)
+    else:
+        downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=60)
+    pooch.retrieve(
+        url, known_hash=known_hash, fname=target.name, path=target.parent,
+        downloader=downloader,
+    )
+
+
+def _gdrive_url(url: str) -> str:
+    file_id = url.removeprefix("gdrive:")
+    return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
+
+
+class _FormParser(html.parser.HTMLParser):
+    """Collects the action and hidden inputs of Google Drive's 'download anyway' form."""
+
+    def __init__(self):
+        super().__init__()
+        self.action: str | None = None
+        self.fields: dict[str, str] = {}
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form" and self.action is None:
+            self.action = attrs.get("action")
+        elif tag == "input" and attrs.get("type") == "hidden" and "name" in attrs:
+            self.fields[attrs["name"]] = attrs.get("value", "")
+
+
+class GoogleDriveDownloader:
+    """pooch downloader for Google Drive files, answering the large-file confirm page."""
+
+    def __init__(self, progressbar: bool = True):
+        self.progressbar = progressbar
+
+    def __call__(self, url, output_file, pooch_obj=None, check_only=False):
+        import requests
+
+        with requests.Session() as session:
+            response = session.get(url, stream=True, timeout=60)
+            response.raise_for_status()
+            if response.headers.get("Content-Type", "").startswith("text/html"):
+                form = _FormParser()
+                form.feed(response.text)
+                if not form.action:
+                    raise OSError("Google Drive answered with a page instead of the file")
+                response = session.get(form.action, params=form.fields, stream=True, timeout=60)
+                response.raise_for_status()
+                if response.headers.get("Content-Type", "").startswith("text/html"):
+                    raise OSError("Google Drive refused the download (quota or permissions)")
+            if check_only:
+                return True
+            _stream(response, output_file, self.progressbar)
+        return None
+
+
+def _stream(response, output_file, progressbar: bool) -> None:
+    from tqdm.auto import tqdm
+
+    total = int(response.headers.get("Content-Length", 0)) or None
+    close = isinstance(output_file, (str, os.PathLike))
+    out = open(output_file, "w+b") if close else output_file
+    try:
+        with tqdm(total=total, unit="B", unit_scale=True, disable=not progressbar) as bar:
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                out.write(chunk)
+                bar.update(len(chunk))
+    finally:
+        if close:
+            out.close()
+
+
+def _pin(entry: WeightFile, path: Path) -> None:
+    pins = _read_json(cache_dir() / PINS_FILE)
+    digest = sha256_of(path)
+    pins[entry.name] = {"sha256": digest, "pinned_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write_json(cache_dir() / PINS_FILE, pins, required=True)
+    log.warning("%s has no published sha256; pinned its first download: %s", entry.name, digest)
+
+
+def _ensure_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise WeightsUnavailableError(
+            f"cannot write to the weights cache {folder} ({exc.strerror or exc}); "
+            f"set {CACHE_ENV} to a writable folder"
+        ) from exc
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: dict, *, required: bool) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if required:
+            raise WeightsUnavailableError(f"cannot write {path}: {exc}") from exc
+        log.debug("could not update %s: %s", path, exc)

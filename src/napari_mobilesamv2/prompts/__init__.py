@@ -1,0 +1,1 @@
+"""Prompt sampling: object-aware boxes (the detector) and the grid-search baseline."""

@@ -1,0 +1,22 @@
+"""napari-mobilesamv2: MobileSAMv2 segment everything / anything, headless and in napari."""
+
+from .decode.prompted import ObjectPrompt
+from .embedding import ImageEmbedding
+from .errors import (
+    CheckpointError,
+    InputError,
+    IntegrityError,
+    MobileSAMv2Error,
+    UntrustedWeightsError,
+    WeightsUnavailableError,
+)
+from .imaging import to_rgb_uint8
+from .pipeline import MobileSAMv2, Segmentation, objects_from_prompts
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "ImageEmbedding", "InputError", "IntegrityError", "MobileSAMv2", "MobileSAMv2Error",
+    "ObjectPrompt", "Segmentation", "UntrustedWeightsError", "WeightsUnavailableError", "objects_from_prompts",
+    "to_rgb_uint8",
+]

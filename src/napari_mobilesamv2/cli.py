@@ -1,0 +1,249 @@
+"""Command line: ``napari-mobilesamv2 segment-everything|segment-anything|models``.
+
+User errors print one line (``error: ...``) and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import InputError, MobileSAMv2Error
+from .models.registry import DEFAULT_ENCODER, ENCODERS, WEIGHT_FILES
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+EXIT_USER_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-mobilesamv2`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return args.run(args) or 0
+    except MobileSAMv2Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-mobilesamv2", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    everything = commands.add_parser("segment-everything", help="find every object in images (MobileSAMv2)")
+    everything.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    _add_model_options(everything)
+    everything.add_argument("--strategy", choices=("object-aware", "grid"), default="object-aware")
+    everything.add_argument("--conf", type=float, default=0.4, help="detector confidence threshold")
+    everything.add_argument("--iou", type=float, default=0.9, help="detector NMS IoU threshold")
+    everything.add_argument("--imgsz", type=int, default=1024, help="detector input size")
+    everything.add_argument("--max-prompts", type=int, default=320, help="at most this many boxes")
+    everything.add_argument("--batch-size", type=int, default=320, help="boxes decoded at once")
+    everything.add_argument("--points-per-side", type=int, default=32, help="grid strategy: points per side")
+    everything.add_argument("--min-predicted-iou", type=float, help="drop masks below this predicted IoU")
+    everything.add_argument("--min-stability", type=float, help="drop masks below this stability score")
+    everything.add_argument("--min-area", type=int, help="drop masks with fewer pixels")
+    _add_output_options(everything)
+    everything.set_defaults(run=run_segment_everything)
+
+    anything = commands.add_parser("segment-anything", help="segment the objects given by points and boxes")
+    anything.add_argument("image", type=Path)
+    _add_model_options(anything, detector=False)
+    anything.add_argument("--points", nargs="+", default=[], metavar="X,Y", help="object points (one object each)")
+    anything.add_argument("--negative-points", nargs="+", default=[], metavar="X,Y",
+                          help="background points (shared by every point object)")
+    anything.add_argument("--boxes", nargs="+", default=[], metavar="X0,Y0,X1,Y1", help="boxes (one object each)")
+    _add_output_options(anything)
+    anything.set_defaults(run=run_segment_anything)
+
+    models = commands.add_parser("models", help="list, download, verify or locate the weights files")
+    models.add_argument("action", choices=("list", "download", "verify", "path"))
+    models.add_argument("names", nargs="*", help="weights files (default: all)")
+    models.set_defaults(run=run_models)
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser, detector: bool = True) -> None:
+    parser.add_argument("--encoder", choices=ENCODERS, default=DEFAULT_ENCODER)
+    parser.add_argument("--encoder-weights", type=Path, help="image encoder file you already have")
+    parser.add_argument("--decoder-weights", type=Path, help="prompt-guided decoder file you already have")
+    if detector:
+        parser.add_argument("--detector-weights", type=Path, help="ObjectAwareModel.pt you already have")
+        parser.add_argument("--trust-weights", action="store_true",
+                            help="allow a detector file of unknown sha256 (a pickle can run code)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--no-download", action="store_true", help="never download missing weights")
+    parser.add_argument("--channel-axis", type=int, help="axis of the image that holds channels")
+    parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")],
+                        help="comma-separated channels (at most 3) that feed R,G,B")
+    parser.add_argument("--normalization", default="auto",
+                        choices=("auto", "percentile", "minmax", "none"), help="intensity mapping to 8 bit")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", type=Path, help="label image to write (.tif); a folder for several images")
+    parser.add_argument("--proposals", type=Path, help="COCO results JSON to write; a folder for several images")
+
+
+def _load_model(args: argparse.Namespace, with_detector: bool):
+    from .pipeline import MobileSAMv2
+
+    return MobileSAMv2(
+        args.encoder, encoder_weights=args.encoder_weights, decoder_weights=args.decoder_weights,
+        detector_weights=getattr(args, "detector_weights", None), device=args.device,
+        trust_weights=getattr(args, "trust_weights", False), download=not args.no_download,
+        load_detector=with_detector,
+    )
+
+
+def _conversion(args: argparse.Namespace) -> dict:
+    conversion = {"normalization": args.normalization}
+    if args.channel_axis is not None:
+        conversion["channel_axis"] = args.channel_axis
+    if args.channels is not None:
+        conversion["channels"] = args.channels
+    return conversion
+
+
+def collect_images(paths: Sequence[Path]) -> list[Path]:
+    """Expand folders into their image files (sorted); check that files exist."""
+    images = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise InputError(f"the folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            images.extend(found)
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise InputError(f"{path} does not exist")
+    return images
+
+
+def output_paths(args: argparse.Namespace, images: list[Path]) -> list[tuple[Path | None, Path | None]]:
+    """Where to write labels and proposals for each image."""
+    from .io import check_output_path
+
+    if args.labels is None and args.proposals is None:
+        raise InputError("nothing to write: give --labels OUT.tif and/or --proposals OUT.json")
+    several = len(images) > 1
+    outputs = []
+    for image in images:
+        pair = []
+        for target, suffix in ((args.labels, "_labels.tif"), (args.proposals, "_proposals.json")):
+            if target is None:
+                pair.append(None)
+                continue
+            if several:
+                if not target.is_dir():
+                    raise InputError(f"with several images, {target} must be an existing folder")
+                target = target / f"{image.stem}{suffix}"
+            pair.append(check_output_path(target, tuple(images)))
+        outputs.append(tuple(pair))
+    return outputs
+
+
+def run_segment_everything(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .io import read_image
+
+    images = collect_images(args.images)
+    outputs = output_paths(args, images)
+    model = _load_model(args, with_detector=args.strategy == "object-aware")
+    for image_id, (path, (labels_path, proposals_path)) in enumerate(tqdm(list(zip(images, outputs)),
+                                                                          desc="segment everything", unit="image")):
+        result = model.segment_everything(
+            read_image(path), strategy=args.strategy, conf=args.conf, iou=args.iou, imgsz=args.imgsz,
+            max_prompts=args.max_prompts, batch_size=args.batch_size, points_per_side=args.points_per_side,
+            min_predicted_iou=args.min_predicted_iou, min_stability=args.min_stability, min_area=args.min_area,
+            **_conversion(args),
+        )
+        _write_outputs(result, labels_path, proposals_path, image_id)
+        tqdm.write(f"{path}: {len(result)} objects")
+    return 0
+
+
+def run_segment_anything(args: argparse.Namespace) -> int:
+    from .io import read_image
+
+    points = [_numbers(p, 2, "--points") for p in args.points]
+    negative = [_numbers(p, 2, "--negative-points") for p in args.negative_points]
+    boxes = [_numbers(b, 4, "--boxes") for b in args.boxes]
+    if not points and not boxes:
+        raise InputError("give at least one of --points X,Y or --boxes X0,Y0,X1,Y1")
+    (labels_path, proposals_path), = output_paths(args, [args.image])
+    model = _load_model(args, with_detector=False)
+    result = model.segment_anything(
+        read_image(args.image), points=points + negative or None,
+        point_labels=[1] * len(points) + [0] * len(negative), boxes=boxes or None, **_conversion(args),
+    )
+    _write_outputs(result, labels_path, proposals_path, 0)
+    print(f"{args.image}: {len(result)} objects")
+    return 0
+
+
+def _numbers(text: str, count: int, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise InputError(f"{option} expects {count} comma-separated numbers per item, got {text!r}")
+    return values
+
+
+def _write_outputs(result, labels_path, proposals_path, image_id: int) -> None:
+    from .export import coco_results, write_json
+    from .io import write_labels
+
+    if labels_path is not None:
+        write_labels(labels_path, result.labels)
+    if proposals_path is not None:
+        try:
+            write_json(proposals_path, coco_results(result, image_id=image_id))
+        except OSError as exc:
+            raise InputError(f"cannot write {proposals_path}: {exc.strerror or exc}") from None
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from .models import download
+
+    names = args.names or list(WEIGHT_FILES)
+    unknown = [n for n in names if n not in WEIGHT_FILES]
+    if unknown:
+        raise InputError(f"unknown weights file(s) {', '.join(unknown)}; known: {', '.join(WEIGHT_FILES)}")
+    if args.action == "path":
+        print(download.cache_dir() if not args.names else "\n".join(str(download.cached_path(n)) for n in names))
+    elif args.action == "list":
+        for name in names:
+            entry = WEIGHT_FILES[name]
+            present = "cached" if download.cached_path(name).is_file() else "missing"
+            size = f"{entry.size / 1e6:.0f} MB" if entry.size else "size n/a"
+            print(f"{name:32s} {entry.slot:8s} {size:>9s} {present:7s} {entry.description}")
+    elif args.action == "download":
+        for name in names:
+            print(download.fetch(name))
+    else:
+        failures = 0
+        for name in names:
+            try:
+                print(download.verify(name))
+            except MobileSAMv2Error as exc:
+                print(f"{name}: {exc}")
+                failures += 1
+        return 1 if failures else 0
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

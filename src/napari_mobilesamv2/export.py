@@ -1,0 +1,60 @@
+"""Proposals in the COCO results format (RLE masks via pycocotools)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from .decode.masks import MaskCrop
+
+
+def encode_rle(crop: MaskCrop, shape: tuple[int, int]) -> dict:
+    """COCO RLE (``{'size': [H, W], 'counts': str}``) of a mask crop in an image of `shape`."""
+    rle = mask_utils.encode(np.asfortranarray(crop.to_full(shape).astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """Inverse of :func:`encode_rle`: an (H, W) bool mask."""
+    counts = rle["counts"]
+    rle = {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def coco_results(segmentation, image_id: int = 0, category_id: int = 1) -> list[dict]:
+    """One COCO result per object, in object (detector) order.
+
+    ``bbox`` is the prompt box as [x, y, w, h]; ``score`` the detector confidence
+    (the predicted IoU where there is no detector score); ``id`` the label id.
+    """
+    shape = segmentation.labels.shape
+    results = []
+    for k, (crop, box) in enumerate(zip(segmentation.crops, segmentation.boxes_xyxy)):
+        score = float(segmentation.score[k])
+        results.append({
+            "image_id": int(image_id),
+            "category_id": int(category_id),
+            "id": k + 1,
+            "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+            "score": score if np.isfinite(score) else float(segmentation.predicted_iou[k]),
+            "segmentation": encode_rle(crop, shape),
+            "predicted_iou": float(segmentation.predicted_iou[k]),
+            "stability_score": float(segmentation.stability[k]),
+            "area": crop.area,
+        })
+    return results
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write JSON atomically (a temporary file renamed into place)."""
+    tmp = f"{os.fspath(path)}.partial"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

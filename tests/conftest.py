@@ -1,0 +1,79 @@
+"""Shared fixtures: seeded random-weight models in the real architectures, plus tiny ones.
+
+The SAM prompt encoder and mask decoder are the real architectures (random
+weights). The image encoder used for pipeline-level tests is a tiny stand-in
+(a 16x16 patch embedding giving the same (1, 256, 64, 64) output), because the
+real encoders cost seconds per image on 2 CPU cores; each real encoder is covered
+by the checkpoint-format tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mobilesamv2.models import build_mask_decoder, build_prompt_encoder
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DETECTOR_FIXTURE = FIXTURES / "object_aware_tiny.pt"
+
+
+class TinyImageEncoder(torch.nn.Module):
+    """(B, 3, 1024, 1024) -> (B, 256, 64, 64) with one strided convolution."""
+
+    img_size = 1024
+
+    def __init__(self):
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, 256, kernel_size=16, stride=16)
+
+    def forward(self, x):
+        return self.patch(x) * 0.05
+
+
+def seeded(builder, seed: int):
+    torch.manual_seed(seed)
+    return builder().eval()
+
+
+@pytest.fixture(scope="session")
+def sam_decoder():
+    """(prompt_encoder, mask_decoder) of SAM's architecture with seeded random weights."""
+    return seeded(build_prompt_encoder, 1), seeded(build_mask_decoder, 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    return seeded(TinyImageEncoder, 3)
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """The 8.0.120-format ObjectAwareModel fixture, loaded with the current ultralytics."""
+    from napari_mobilesamv2.models.detector import load_object_aware_model
+
+    return load_object_aware_model(DETECTOR_FIXTURE)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_encoder, sam_decoder, detector):
+    """A complete MobileSAMv2 pipeline on CPU made of small random-weight models."""
+    from napari_mobilesamv2 import MobileSAMv2
+
+    return MobileSAMv2.from_modules(tiny_encoder, *sam_decoder, detector, device="cpu", encoder_name="tiny-test")
+
+
+def synthetic_cells(shape=(192, 256), n=12, seed=0, dtype=np.uint8) -> np.ndarray:
+    """A fluorescence-like image: bright blobs on a dark noisy background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = rng.normal(10, 3, shape)
+    for _ in range(n):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        r = rng.uniform(6, 18)
+        image += 180 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
+    top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0
+    return (np.clip(image / image.max(), 0, 1) * top).astype(dtype)

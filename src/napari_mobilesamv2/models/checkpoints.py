@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,12 +36,11 @@ def read_state_dict(path: str | os.PathLike, expected: str) -> dict:
         raise CheckpointError(f"{path} does not exist; expected {expected}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} is not a plain state dict (it holds pickled objects: {_first_line(exc)}); "
-            f"expected {expected}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch raises many types for files that are not checkpoints
+        if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
+            raise CheckpointError(
+                f"{path} is not a plain state dict (it holds pickled Python objects); expected {expected}"
+            ) from None
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)}); it may be "
             f"truncated or another kind of file; expected {expected}"

@@ -141,7 +141,7 @@ def _channel_range(channel, normalization, percentiles, contrast_limits) -> tupl
 
 def _rescale(channel: np.ndarray, low: float, high: float) -> np.ndarray:
     if high > low:
-        scaled = (channel - low) * (255.0 / (high - low))
+        scaled = (channel - low) / (high - low) * 255.0
     else:  # constant image: nothing to stretch
         scaled = np.where(channel > low, 255.0, 0.0)
     scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)

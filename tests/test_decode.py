@@ -1,0 +1,166 @@
+"""Prompt-guided decoding equals segment-anything's reference path; labels are assembled as documented."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+
+from napari_mobilesamv2.decode.labels import assemble_labels, merge_labels, paint_order
+from napari_mobilesamv2.decode.masks import MaskCrop, crop_to_content, logits_to_crops, upsample_logits
+from napari_mobilesamv2.decode.prompted import ObjectPrompt, decode_boxes, decode_object_prompts
+from napari_mobilesamv2.embedding import PIXEL_MEAN, PIXEL_STD, embed_image
+from napari_mobilesamv2.errors import InputError
+
+IMAGE_SHAPE = (150, 220)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(5).integers(0, 256, (*IMAGE_SHAPE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_encoder, sam_decoder, image):
+    sam = Sam(tiny_encoder, *sam_decoder, list(PIXEL_MEAN), list(PIXEL_STD)).eval()
+    reference = SamPredictor(sam)
+    reference.set_image(image)
+    return reference
+
+
+@pytest.fixture(scope="module")
+def embedding(tiny_encoder, image):
+    return embed_image(tiny_encoder, image)
+
+
+BOXES = np.array(
+    [[10, 20, 100, 120], [0, 0, 220, 150], [150.5, 30.25, 219.9, 149.0], [40, 40, 41, 41], [5, 90, 60, 149]],
+    dtype=np.float32,
+)
+
+
+def test_embedding_equals_sam_predictor(predictor, embedding):
+    assert torch.equal(embedding.features, predictor.features)
+    assert embedding.input_size == predictor.input_size
+    assert embedding.original_size == predictor.original_size == IMAGE_SHAPE
+
+
+def test_box_masks_equal_predict_torch(predictor, embedding, sam_decoder):
+    boxes = torch.from_numpy(predictor.transform.apply_boxes(BOXES, IMAGE_SHAPE))
+    with torch.no_grad():
+        ref_masks, ref_iou, ref_low = predictor.predict_torch(None, None, boxes, multimask_output=False)
+    decoded = decode_boxes(*sam_decoder, embedding, BOXES)
+    assert len(decoded) == len(BOXES)
+    assert torch.equal(decoded.low_res_logits, ref_low)
+    np.testing.assert_array_equal(decoded.predicted_iou, ref_iou[:, 0].numpy())
+    for k, crop in enumerate(decoded.crops):
+        np.testing.assert_array_equal(crop.to_full(IMAGE_SHAPE), ref_masks[k, 0].numpy())
+
+
+def test_batching_does_not_change_masks(embedding, sam_decoder):
+    whole = decode_boxes(*sam_decoder, embedding, BOXES, batch_size=320)
+    batched = decode_boxes(*sam_decoder, embedding, BOXES, batch_size=2)
+    for a, b in zip(whole.crops, batched.crops):
+        np.testing.assert_array_equal(a.to_full(IMAGE_SHAPE), b.to_full(IMAGE_SHAPE))
+    np.testing.assert_allclose(whole.predicted_iou, batched.predicted_iou, atol=1e-5)
+
+
+def test_stability_score_matches_segment_anything(predictor, embedding, sam_decoder):
+    from segment_anything.utils.amg import calculate_stability_score
+
+    boxes = torch.from_numpy(predictor.transform.apply_boxes(BOXES, IMAGE_SHAPE))
+    with torch.no_grad():
+        logits, _, _ = predictor.predict_torch(None, None, boxes, multimask_output=False, return_logits=True)
+    expected = calculate_stability_score(logits[:, 0], 0.0, 1.0).numpy()
+    decoded = decode_boxes(*sam_decoder, embedding, BOXES)
+    np.testing.assert_allclose(decoded.stability, expected, rtol=1e-6)
+
+
+def test_point_prompts_equal_sam_predict(predictor, embedding, sam_decoder):
+    points = np.array([[60.0, 70.0], [100.0, 30.0]], dtype=np.float32)
+    objects = [
+        ObjectPrompt(points[:1], np.array([1])),
+        ObjectPrompt(points, np.array([1, 0])),
+        ObjectPrompt(points[:1], np.array([1]), box=BOXES[0]),
+    ]
+    decoded = decode_object_prompts(*sam_decoder, embedding, objects)
+    single, single_iou, _ = predictor.predict(points[:1], np.array([1]), multimask_output=True)
+    best = int(single_iou.argmax())
+    np.testing.assert_array_equal(decoded.crops[0].to_full(IMAGE_SHAPE), single[best])
+    pair, _, _ = predictor.predict(points, np.array([1, 0]), multimask_output=False)
+    np.testing.assert_array_equal(decoded.crops[1].to_full(IMAGE_SHAPE), pair[0])
+    with_box, _, _ = predictor.predict(points[:1], np.array([1]), box=BOXES[0], multimask_output=False)
+    np.testing.assert_array_equal(decoded.crops[2].to_full(IMAGE_SHAPE), with_box[0])
+
+
+def test_no_boxes_gives_no_masks(embedding, sam_decoder):
+    decoded = decode_boxes(*sam_decoder, embedding, np.zeros((0, 4), np.float32))
+    assert len(decoded) == 0 and decoded.predicted_iou.shape == (0,)
+
+
+def test_crop_round_trip_and_empty_mask():
+    mask = np.zeros((30, 40), bool)
+    mask[5:9, 10:25] = True
+    mask[20, 3] = True
+    crop = crop_to_content(mask)
+    assert (crop.top, crop.left, crop.mask.shape) == (5, 3, (16, 22))
+    assert crop.bbox_xyxy == (3, 5, 25, 21)
+    np.testing.assert_array_equal(crop.to_full(mask.shape), mask)
+    empty = crop_to_content(np.zeros((30, 40), bool))
+    assert empty.area == 0 and not empty.to_full((30, 40)).any()
+
+
+def test_chunked_upsampling_equals_one_batch():
+    torch.manual_seed(0)
+    low = torch.randn(7, 1, 256, 256) * 3
+    full = upsample_logits(low, (683, 1024), (300, 450))[:, 0] > 0
+    crops, _ = logits_to_crops(low, (683, 1024), (300, 450), chunk_pixels=300 * 450 * 2)
+    for k, crop in enumerate(crops):
+        np.testing.assert_array_equal(crop.to_full((300, 450)), full[k].numpy())
+
+
+def _crop(top, left, h, w):
+    return MaskCrop(top, left, np.ones((h, w), bool))
+
+
+def test_larger_masks_are_painted_first_so_small_ones_stay_visible():
+    crops = [_crop(2, 2, 3, 3), _crop(0, 0, 10, 10), _crop(4, 4, 3, 3)]
+    labels, visible = assemble_labels(crops, (12, 12))
+    assert labels.dtype == np.int32
+    assert list(paint_order([9, 100, 9])) == [1, 0, 2]
+    assert labels[3, 3] == 1 and labels[5, 5] == 3 and labels[9, 9] == 2 and labels[11, 11] == 0
+    assert labels[4, 4] == 3  # equal areas: the later prompt is painted later
+    np.testing.assert_array_equal(visible, [(labels == i).sum() for i in (1, 2, 3)])
+
+
+def test_merge_policies_never_lose_existing_labels():
+    existing = np.zeros((4, 6), np.uint8)
+    existing[0, :3] = 7
+    new = np.zeros((4, 6), np.int32)
+    new[0, 2:5] = 1
+    new[3, 0] = 2
+    merged, id_map = merge_labels(existing, new, "new_ids")
+    assert id_map == {1: 8, 2: 9}
+    assert merged[0].tolist() == [7, 7, 8, 8, 8, 0] and merged[3, 0] == 9
+    filled, _ = merge_labels(existing, new, "fill_background")
+    assert filled[0].tolist() == [7, 7, 7, 8, 8, 0]
+    overwritten, id_map = merge_labels(existing, new, "overwrite")
+    assert id_map == {1: 1, 2: 2} and overwritten[0].tolist() == [7, 7, 1, 1, 1, 0]
+    assert existing[0].tolist() == [7, 7, 7, 0, 0, 0]  # input untouched
+
+
+def test_merge_upcasts_instead_of_wrapping():
+    existing = np.full((2, 2), 255, np.uint8)
+    new = np.array([[0, 1], [2, 0]], np.int32)
+    merged, id_map = merge_labels(existing, new, "new_ids")
+    assert merged.dtype == np.int32 and id_map == {1: 256, 2: 257}
+    assert merged.tolist() == [[255, 256], [257, 255]]
+
+
+def test_merge_rejects_mismatched_shapes_and_unknown_policy():
+    with pytest.raises(InputError, match=r"shape \(3, 3\) but the result has shape \(2, 2\)"):
+        merge_labels(np.zeros((3, 3), np.int32), np.zeros((2, 2), np.int32))
+    with pytest.raises(InputError, match="id policy must be one of"):
+        merge_labels(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.int32), "replace")

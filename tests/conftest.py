@@ -66,8 +66,12 @@ def tiny_pipeline(tiny_encoder, sam_decoder, detector):
     return MobileSAMv2.from_modules(tiny_encoder, *sam_decoder, detector, device="cpu", encoder_name="tiny-test")
 
 
-def synthetic_cells(shape=(192, 256), n=12, seed=0, dtype=np.uint8) -> np.ndarray:
-    """A fluorescence-like image: bright blobs on a dark noisy background."""
+def synthetic_cells(shape=(192, 256), n=12, seed=0, dtype=np.uint8, texture=0.5) -> np.ndarray:
+    """A fluorescence-like image: bright blobs on a textured background.
+
+    The texture (uniform noise, weight `texture`) gives the tiny random-weight
+    detector something to fire on, so tests see tens of boxes.
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     image = rng.normal(10, 3, shape)
@@ -75,5 +79,6 @@ def synthetic_cells(shape=(192, 256), n=12, seed=0, dtype=np.uint8) -> np.ndarra
         cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
         r = rng.uniform(6, 18)
         image += 180 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
+    image = (1 - texture) * np.clip(image / image.max(), 0, 1) + texture * rng.random(shape)
     top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0
-    return (np.clip(image / image.max(), 0, 1) * top).astype(dtype)
+    return (image * top).astype(dtype)

@@ -1,0 +1,118 @@
+"""The command line end to end, on real-format weights files with random weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_mobilesamv2.cli import main
+from napari_mobilesamv2.export import decode_rle
+from napari_mobilesamv2.models import build_image_encoder
+
+from .conftest import DETECTOR_FIXTURE, synthetic_cells
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, sam_decoder):
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(20)
+    encoder = build_image_encoder("tiny_vit")
+    torch.save({f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}, folder / "mobile_sam.pt")
+    prompt_encoder, mask_decoder = sam_decoder
+    torch.save({"PromtEncoder": prompt_encoder.state_dict(), "MaskDecoder": mask_decoder.state_dict()},
+               folder / "Prompt_guided_Mask_Decoder.pt")
+    return ["--encoder", "tiny_vit", "--encoder-weights", str(folder / "mobile_sam.pt"),
+            "--decoder-weights", str(folder / "Prompt_guided_Mask_Decoder.pt"), "--device", "cpu", "--no-download"]
+
+
+@pytest.fixture()
+def image_path(tmp_path):
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, synthetic_cells((160, 200), n=10, seed=0, dtype=np.uint16))
+    return path
+
+
+def test_segment_everything_writes_labels_and_matching_proposals(tmp_path, image_path, weights, monkeypatch):
+    monkeypatch.setenv("NAPARI_MOBILESAMV2_CACHE", str(tmp_path / "cache"))
+    labels_path, proposals_path = tmp_path / "labels.tif", tmp_path / "proposals.json"
+    code = main(["segment-everything", str(image_path), *weights, "--detector-weights", str(DETECTOR_FIXTURE),
+                 "--trust-weights", "--labels", str(labels_path), "--proposals", str(proposals_path)])
+    assert code == 0
+    labels = tifffile.imread(labels_path)
+    proposals = json.loads(proposals_path.read_text())
+    assert labels.shape == (160, 200) and labels.dtype == np.int32
+    assert len(proposals) > 0 and labels.max() <= len(proposals)
+    scores = [p["score"] for p in proposals]
+    assert scores == sorted(scores, reverse=True)
+    # Painting the decoded proposals by the documented rule reproduces the label image.
+    masks = [decode_rle(p["segmentation"]) for p in proposals]
+    repainted = np.zeros_like(labels)
+    for k in np.argsort([-m.sum() for m in masks], kind="stable"):
+        repainted[masks[k]] = proposals[k]["id"]
+    np.testing.assert_array_equal(repainted, labels)
+
+
+def test_segment_anything_cli(tmp_path, image_path, weights):
+    labels_path = tmp_path / "clicked.tif"
+    code = main(["segment-anything", str(image_path), *weights, "--points", "50,60", "--negative-points", "10,10",
+                 "--boxes", "100,20,180,90", "--labels", str(labels_path)])
+    assert code == 0
+    assert set(np.unique(tifffile.imread(labels_path))) <= {0, 1, 2}
+
+
+def test_untrusted_detector_is_refused_with_one_line(tmp_path, image_path, weights, capsys):
+    code = main(["segment-everything", str(image_path), *weights, "--detector-weights", str(DETECTOR_FIXTURE),
+                 "--labels", str(tmp_path / "l.tif")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "--trust-weights" in err and "Traceback" not in err
+    assert not (tmp_path / "l.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda p, t: ["segment-everything", str(t / "missing.tif"), "--labels", str(t / "o.tif")], "does not exist"),
+        (lambda p, t: ["segment-everything", str(p), "--labels", str(p)], "is the input image"),
+        (lambda p, t: ["segment-everything", str(p)], "nothing to write"),
+        (lambda p, t: ["segment-everything", str(p), "--labels", str(t / "no" / "o.tif")], "does not exist"),
+        (lambda p, t: ["segment-everything", str(t), "--labels", str(t / "o.tif")], "holds no images"),
+        (lambda p, t: ["segment-anything", str(p), "--labels", str(t / "o.tif")], "at least one of --points"),
+        (lambda p, t: ["segment-anything", str(p), "--points", "1,2,3", "--labels", str(t / "o.tif")],
+         "expects 2 comma-separated numbers"),
+    ],
+)
+def test_user_errors_exit_nonzero_with_a_reason(tmp_path, image_path, make_args, message, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = make_args(image_path, empty if "holds no images" in message else tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_corrupt_image_file(tmp_path, weights, capsys):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff")
+    assert main(["segment-everything", str(bad), *weights, "--strategy", "grid", "--labels", str(tmp_path / "o.tif")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_models_list_and_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NAPARI_MOBILESAMV2_CACHE", str(tmp_path))
+    assert main(["models", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path)
+    assert main(["models", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "ObjectAwareModel.pt" in listing and "missing" in listing
+    assert main(["models", "verify", "l2.pt"]) == 1
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "napari_mobilesamv2.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "segment-everything" in result.stdout

@@ -1,0 +1,360 @@
+"""The "Segment everything" and "Segment anything" dock widgets.
+
+The widgets only gather settings and layers; the work is done by the
+:class:`~napari_mobilesamv2.napari.api.Job` objects of :mod:`.api`, whose model
+half runs in a napari thread worker (progress in the activity dock, Cancel
+button) and whose result is written into layers back on the main thread. A
+cancelled or failed run changes no layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, RadioButtons, SpinBox
+from napari.layers import Image, Labels, Points, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+
+from ..errors import InputError, MobileSAMv2Error
+from ..imaging import NORMALIZATIONS
+from ..models.registry import DEFAULT_ENCODER, ENCODERS
+from ..pipeline import STRATEGIES
+from . import api
+from ._layers import current_plane, image_view, points_on_plane, shapes_to_boxes
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+POLICIES = [("new ids", "new_ids"), ("fill background only", "fill_background"), ("overwrite", "overwrite")]
+RUN_ANYTHING_KEY = "Shift-S"
+TOGGLE_NEGATIVE_KEY = "Shift-N"
+
+
+def _layers_of(viewer, kind, none_label: str | None = None) -> Callable:
+    """Choices callback: the viewer's layers of one type, optionally after a 'none' entry."""
+
+    def choices(_widget=None):
+        found = [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+        return ([(none_label, None)] if none_label else []) + found
+
+    return choices
+
+
+class ImageControls(Container):
+    """Image layer picker and how its planes become RGB (normalization, channels)."""
+
+    def __init__(self, viewer):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.image = ComboBox(label="image", choices=_layers_of(viewer, Image))
+        self.normalization = ComboBox(
+            label="normalization", choices=NORMALIZATIONS, value="auto",
+            tooltip="auto: uint8 as is, other dtypes by percentiles (1, 99.8); contrast_limits: the layer's",
+        )
+        self.channel_axis = ComboBox(label="channel axis", choices=self._axis_choices)
+        self.channels = LineEdit(
+            label="channels", value="", tooltip="up to 3 channels of the channel axis for R, G, B, e.g. 0,2"
+        )
+        self.extend([self.image, self.normalization, self.channel_axis, self.channels])
+        self.image.changed.connect(self.channel_axis.reset_choices)
+        self._follow_active_image()
+        viewer.layers.selection.events.active.connect(self._follow_active_image)
+
+    def _axis_choices(self, _widget=None):
+        layer = self.image.value
+        choices = [("none (grey or RGB)", None)]
+        if isinstance(layer, Image) and not layer.rgb:
+            shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+            choices += [(f"axis {a} ({shape[a]})", a) for a in range(layer.ndim - 2)]
+        return choices
+
+    def _follow_active_image(self, _event=None):
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image):
+            self.image.reset_choices()
+            self.image.value = active
+
+    def settings(self) -> dict:
+        """normalization, channel_axis and channels as keywords for :mod:`.api`."""
+        text = self.channels.value.strip()
+        try:
+            channels = tuple(int(c) for c in text.replace(" ", ",").split(",") if c) or None
+        except ValueError:
+            raise InputError(f"channels must be integers separated by commas, not {text!r}") from None
+        return {"normalization": self.normalization.value, "channel_axis": self.channel_axis.value, "channels": channels}
+
+    def selected_image(self) -> Image:
+        if self.image.value is None:
+            raise InputError("open an image first (or pick one in 'image')")
+        return self.image.value
+
+
+class ModelControls(Container):
+    """Encoder, device and whether to trust an unknown detector file."""
+
+    def __init__(self):
+        super().__init__(labels=True)
+        self.encoder = ComboBox(label="encoder", choices=ENCODERS, value=DEFAULT_ENCODER)
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.trust_weights = CheckBox(
+            text="trust weights", value=False,
+            tooltip="allow loading a detector file whose checksum is not the published one (it is a pickle)",
+        )
+        self.extend([self.encoder, self.device, self.trust_weights])
+
+    def settings(self) -> dict:
+        return {"encoder": self.encoder.value, "device": self.device.value, "trust_weights": self.trust_weights.value}
+
+
+class JobWidget(Container):
+    """Base: runs :class:`~.api.Job` objects in a thread worker, one at a time."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.status = Label(value="")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button.changed.connect(self.cancel)
+        self.last_error: str | None = None
+
+    @property
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    def launch(self, make_job: Callable[[], api.Job], then: Callable | None = None) -> None:
+        """Prepare a job here (validating the inputs), run its steps in a worker."""
+        if self.is_running:
+            show_info("MobileSAMv2 is still running; wait or cancel it first")
+            return
+        try:
+            job = make_job()
+        except MobileSAMv2Error as error:
+            self._report(error)
+            return
+        self.last_error = None
+        worker = create_worker(job.steps, _progress={"total": job.total, "desc": job.description}, _ignore_errors=True)
+        worker.returned.connect(lambda result: self._apply(job, result, then))
+        worker.errored.connect(self._report)
+        worker.aborted.connect(lambda: self._set_status("cancelled; nothing was changed"))
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self.cancel_button.enabled = True
+        self._set_status(f"running: {job.description}")
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop the running job at its next step; no layer is changed."""
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _apply(self, job: api.Job, result, then: Callable | None) -> None:
+        try:
+            layer = job.apply(result)
+        except Exception as error:  # noqa: BLE001 - shown to the user, layers untouched
+            self._report(error)
+            return
+        self._set_status(f"done: {job.description}")
+        if then is not None:
+            then(layer)
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.cancel_button.enabled = False
+
+    def _report(self, error: BaseException) -> None:
+        if isinstance(error, MobileSAMv2Error):
+            message = str(error)
+        else:
+            log.error("MobileSAMv2 failed", exc_info=error)
+            message = f"MobileSAMv2 failed: {type(error).__name__}: {error}"
+        self.last_error = message
+        self._set_status(message)
+        show_error(message)
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text[:200]
+
+
+class SegmentEverythingWidget(JobWidget):
+    """Dock widget: segment every object of the current plane or of the whole stack."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer)
+        viewer = napari_viewer
+        self.images = ImageControls(viewer)
+        self.model = ModelControls()
+        self.strategy = ComboBox(label="strategy", choices=STRATEGIES, value="object-aware")
+        self.conf = FloatSpinBox(label="detector conf", value=0.4, min=0.0, max=1.0, step=0.05)
+        self.iou = FloatSpinBox(label="NMS IoU", value=0.9, min=0.0, max=1.0, step=0.05)
+        self.max_prompts = SpinBox(label="max prompts", value=320, min=1, max=5000)
+        self.points_per_side = SpinBox(label="grid points/side", value=32, min=1, max=128)
+        self.scope = RadioButtons(
+            label="scope", choices=[("current plane", "plane"), ("whole stack", "stack")], value="plane"
+        )
+        self.link_iou = FloatSpinBox(label="link IoU (stack)", value=0.5, min=0.01, max=1.0, step=0.05)
+        self.output = ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"))
+        self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids")
+        self.run_button = PushButton(text="Segment everything")
+        self.boxes = ComboBox(label="boxes layer", choices=_layers_of(viewer, Shapes, "none"))
+        self.show_boxes_button = PushButton(text="Show boxes")
+        self.decode_boxes_button = PushButton(text="Decode boxes")
+        self.extend([
+            self.images, self.model, self.strategy, self.conf, self.iou, self.max_prompts, self.points_per_side,
+            self.scope, self.link_iou, self.output, self.policy, self.run_button, self.cancel_button,
+            self.boxes, self.show_boxes_button, self.decode_boxes_button, self.status,
+        ])
+        self.run_button.changed.connect(self.run)
+        self.show_boxes_button.changed.connect(self.show_boxes)
+        self.decode_boxes_button.changed.connect(self.decode_boxes)
+
+    def settings(self) -> dict:
+        """Every setting as keywords of :func:`~.api.segment_everything`."""
+        return {
+            **self.images.settings(), **self.model.settings(), "strategy": self.strategy.value,
+            "conf": self.conf.value, "iou": self.iou.value, "max_prompts": self.max_prompts.value,
+            "points_per_side": self.points_per_side.value, "link_iou": self.link_iou.value,
+        }
+
+    def run(self) -> None:
+        """Segment everything with the current settings (in a worker)."""
+        self.launch(lambda: api.prepare_everything(
+            self.images.selected_image(), self.viewer, output=self.output.value, policy=self.policy.value,
+            scope=self.scope.value, **self.settings(),
+        ))
+
+    def show_boxes(self) -> None:
+        """Add the detector's boxes of the current plane as an editable Shapes layer."""
+        self.launch(
+            lambda: api.prepare_show_boxes(self.images.selected_image(), self.viewer, **self._box_settings()),
+            then=self._pick_boxes,
+        )
+
+    def decode_boxes(self) -> None:
+        """Decode the rectangles of the boxes layer, reusing the plane's cached embedding."""
+
+        def make_job():
+            if self.boxes.value is None:
+                raise InputError("pick a boxes layer (use 'Show boxes' or draw rectangles in a Shapes layer)")
+            return api.prepare_decode_boxes(
+                self.images.selected_image(), self.boxes.value, self.viewer, output=self.output.value,
+                policy=self.policy.value, **self._box_settings(),
+            )
+
+        self.launch(make_job)
+
+    def _box_settings(self) -> dict:
+        settings = self.settings()
+        del settings["strategy"], settings["points_per_side"], settings["link_iou"]
+        return settings
+
+    def _pick_boxes(self, layer: Shapes) -> None:
+        self.boxes.reset_choices()
+        self.boxes.value = layer
+
+
+class SegmentAnythingWidget(JobWidget):
+    """Dock widget: segment the objects marked by points and boxes on the current plane."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer)
+        viewer = napari_viewer
+        self.images = ImageControls(viewer)
+        self.model = ModelControls()
+        self.points = ComboBox(label="points", choices=_layers_of(viewer, Points, "none"))
+        self.shapes = ComboBox(label="boxes", choices=_layers_of(viewer, Shapes, "none"))
+        self.add_prompts_button = PushButton(text="Add prompt layers")
+        self.negative = CheckBox(text=f"new points are negative ({TOGGLE_NEGATIVE_KEY})", value=False)
+        self.output = ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"))
+        self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids")
+        self.clear_prompts = CheckBox(text="clear used prompts after a run", value=True)
+        self.run_button = PushButton(text=f"Segment ({RUN_ANYTHING_KEY})")
+        self.extend([
+            self.images, self.model, self.points, self.shapes, self.add_prompts_button, self.negative, self.output,
+            self.policy, self.clear_prompts, self.run_button, self.cancel_button, self.status,
+        ])
+        self.add_prompts_button.changed.connect(self.add_prompt_layers)
+        self.negative.changed.connect(self._apply_point_sign)
+        self.points.changed.connect(self._apply_point_sign)
+        self.run_button.changed.connect(self.run)
+        viewer.bind_key(RUN_ANYTHING_KEY, lambda _viewer: self.run(), overwrite=True)
+        viewer.bind_key(TOGGLE_NEGATIVE_KEY, lambda _viewer: self._toggle_negative(), overwrite=True)
+
+    def settings(self) -> dict:
+        return {**self.images.settings(), **self.model.settings()}
+
+    def run(self) -> None:
+        """Segment the prompted objects of the current plane (in a worker)."""
+
+        def make_job():
+            image = self.images.selected_image()
+            self._used = self._prompts_on_plane(image)
+            return api.prepare_anything(
+                image, self.viewer, points=self.points.value, shapes=self.shapes.value, output=self.output.value,
+                policy=self.policy.value, **self.settings(),
+            )
+
+        self.launch(make_job, then=self._after_run)
+
+    def add_prompt_layers(self) -> None:
+        """Add a Points layer (green positive / red negative) and a Shapes layer for boxes."""
+        try:
+            view = image_view(self.images.selected_image(), self.viewer, None)
+        except MobileSAMv2Error as error:
+            self._report(error)
+            return
+        transform = view.labels_transform()
+        name = view.layer.name
+        shapes = self.viewer.add_shapes(
+            ndim=view.ndim, name=f"{name} prompt boxes", edge_color="cyan", face_color="transparent", **transform
+        )
+        points = self.viewer.add_points(
+            ndim=view.ndim, name=f"{name} prompts", features={"positive": np.zeros(0, bool)},
+            feature_defaults={"positive": True}, face_color="positive",
+            face_color_cycle={True: "lime", False: "red"}, border_color="white",
+            size=max(3.0, min(view.data.shape[a] for a in view.plane_axes) / 64), **transform,
+        )
+        self.points.reset_choices()
+        self.shapes.reset_choices()
+        self.points.value, self.shapes.value = points, shapes
+        shapes.mode = "add_rectangle"
+        points.mode = "add"
+        self.viewer.layers.selection.active = points
+        self._apply_point_sign()
+
+    def _toggle_negative(self) -> None:
+        self.negative.value = not self.negative.value
+
+    def _apply_point_sign(self, _value=None) -> None:
+        points = self.points.value
+        if isinstance(points, Points) and "positive" in points.features:
+            points.feature_defaults = {"positive": not self.negative.value}
+
+    def _prompts_on_plane(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the points and shapes a run on the current plane uses."""
+        view = image_view(image, self.viewer, None)
+        plane = current_plane(view, self.viewer)
+        points, shapes = self.points.value, self.shapes.value
+        used_points = points_on_plane(points, view, plane).index if points is not None else np.zeros(0, int)
+        used_shapes = shapes_to_boxes(shapes, view, plane)[1] if shapes is not None else np.zeros(0, int)
+        return used_points, used_shapes
+
+    def _after_run(self, labels: Labels) -> None:
+        self.output.reset_choices()
+        self.output.value = labels  # later objects go into the same layer
+        if self.clear_prompts.value:
+            used_points, used_shapes = self._used
+            _remove(self.points.value, used_points)
+            _remove(self.shapes.value, used_shapes)
+
+
+def _remove(layer, indices: np.ndarray) -> None:
+    if layer is not None and len(indices):
+        mode = layer.mode
+        layer.selected_data = {int(i) for i in indices}
+        layer.remove_selected()
+        layer.mode = mode
+

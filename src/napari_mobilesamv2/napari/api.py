@@ -1,0 +1,491 @@
+"""Everything the widgets do, callable from Python on a napari viewer and its layers.
+
+Each action is a :class:`Job` in two halves: ``steps`` (reads planes and runs the
+models; safe in a worker thread, touches no layer) and ``apply`` (writes the result
+into layers; main thread). The widgets run ``steps`` in a napari thread worker; the
+functions below (:func:`segment_everything`, :func:`segment_anything`,
+:func:`show_boxes`, :func:`decode_boxes`) run both halves at once, for scripts.
+
+Settings are plain keywords, see :class:`ModelSettings`, :class:`EverythingOptions`
+and :class:`~napari_mobilesamv2.napari._layers.ImageSettings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Points, Shapes
+
+from ..decode.labels import ID_POLICIES
+from ..errors import InputError
+from ..models.registry import DEFAULT_ENCODER
+from ..pipeline import STRATEGIES, MobileSAMv2, Segmentation
+from ..stack import link_planes, linked_table
+from ._layers import (
+    ImageSettings,
+    ImageView,
+    Plane,
+    PointPrompts,
+    add_features,
+    boxes_to_rectangles,
+    check_output,
+    current_plane,
+    image_view,
+    new_labels_data,
+    object_features,
+    points_on_plane,
+    shapes_to_boxes,
+    write_labels,
+)
+from ._models import EMBEDDINGS, get_pipeline
+
+SCOPES = ("plane", "stack")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which pipeline to use: `encoder` (see ``ENCODERS``), `device`, `trust_weights`."""
+
+    encoder: str = DEFAULT_ENCODER
+    device: str = "auto"
+    trust_weights: bool = False
+
+    def pipeline(self) -> MobileSAMv2:
+        return get_pipeline(self.encoder, self.device, self.trust_weights)
+
+
+@dataclass(frozen=True)
+class EverythingOptions:
+    """Segment-everything parameters.
+
+    Attributes
+    ----------
+    strategy : str
+        ``object-aware`` (detector boxes, MobileSAMv2) or ``grid`` (SAM's point grid).
+    conf, iou : float
+        Detector confidence threshold and NMS IoU.
+    max_prompts : int
+        Most detector boxes decoded per plane.
+    points_per_side : int
+        Grid size of the ``grid`` strategy.
+    link_iou : float
+        Least mask IoU for objects of neighbouring planes to share an id (whole stack).
+    """
+
+    strategy: str = "object-aware"
+    conf: float = 0.4
+    iou: float = 0.9
+    max_prompts: int = 320
+    points_per_side: int = 32
+    link_iou: float = 0.5
+
+
+@dataclass
+class LabelsResult:
+    """Labels to write at `key` of the output, with one table row per object."""
+
+    labels: np.ndarray
+    key: tuple
+    table: dict[str, np.ndarray]
+
+
+@dataclass
+class BoxesResult:
+    """Detector boxes of one plane (pixel-edge x0, y0, x1, y1) and their scores."""
+
+    boxes_xyxy: np.ndarray
+    score: np.ndarray
+    plane: Plane
+
+
+@dataclass
+class Job:
+    """A prepared action: ``steps`` yields once per unit of progress and returns a result
+    that ``apply`` writes into the viewer."""
+
+    steps: Callable[[], Generator[None, None, Any]]
+    total: int
+    apply: Callable[[Any], Any]
+    description: str
+
+    def run(self) -> Any:
+        """Run both halves here and now (scripts)."""
+        steps = self.steps()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return self.apply(done.value)
+
+
+def split_settings(settings: dict[str, Any]) -> tuple[ModelSettings, EverythingOptions, ImageSettings]:
+    """Sort keyword settings into the three settings objects."""
+    groups = (ModelSettings, EverythingOptions, ImageSettings)
+    values: list[dict[str, Any]] = [{} for _ in groups]
+    for name, value in settings.items():
+        for group, bucket in zip(groups, values):
+            if name in {f.name for f in fields(group)}:
+                bucket[name] = tuple(value) if name == "channels" and value is not None else value
+                break
+        else:
+            known = sorted(f.name for g in groups for f in fields(g))
+            raise InputError(f"unknown setting {name!r}; known settings: {', '.join(known)}")
+    return tuple(group(**kw) for group, kw in zip(groups, values))  # type: ignore[return-value]
+
+
+# -- segment everything ------------------------------------------------------------------------
+
+
+def prepare_everything(
+    image: Image,
+    viewer=None,
+    *,
+    output: Labels | None = None,
+    policy: str = "new_ids",
+    scope: str = "plane",
+    plane: Plane | None = None,
+    pipeline: MobileSAMv2 | None = None,
+    boxes_xyxy: np.ndarray | None = None,
+    box_scores: np.ndarray | None = None,
+    name: str | None = None,
+    **settings,
+) -> Job:
+    """A :class:`Job` that segments everything in the current plane or the whole stack.
+
+    See :func:`segment_everything` for the parameters.
+    """
+    model, options, image_settings = split_settings(settings)
+    _check_choice("id policy", policy, ID_POLICIES)
+    _check_choice("scope", scope, SCOPES)
+    _check_choice("strategy", options.strategy, STRATEGIES)
+    view = image_view(image, viewer, image_settings)
+    check_output(view, output)
+    planes = view.planes() if scope == "stack" else [_plane(view, viewer, plane)]
+
+    def steps():
+        pipe = pipeline or model.pipeline()
+        yield
+        found = []
+        for p in planes:
+            found.append(_segment_plane(pipe, view, p, options, boxes_xyxy))
+            yield
+        if scope == "plane":
+            return _plane_result(view, planes[0], found[0], box_scores)
+        yield  # linking counts as one step
+        return _stack_result(view, planes, found, options.link_iou)
+
+    def apply(result: LabelsResult) -> Labels:
+        return apply_labels(result, view, viewer, output, policy, name or f"{image.name} objects")
+
+    where = "the whole stack" if scope == "stack" else "the current plane"
+    total = 1 + len(planes) + (scope == "stack")
+    return Job(steps, total, apply, f"segment everything in {where} of {image.name}")
+
+
+def segment_everything(
+    image: Image,
+    viewer=None,
+    *,
+    output: Labels | None = None,
+    policy: str = "new_ids",
+    scope: str = "plane",
+    plane: Plane | None = None,
+    pipeline: MobileSAMv2 | None = None,
+    name: str | None = None,
+    **settings,
+) -> Labels:
+    """Segment every object of an image layer into a labels layer.
+
+    Parameters
+    ----------
+    image : napari.layers.Image
+        Grey, RGB(A) or multi-channel (give `channel_axis`), any dtype, 2D to nD.
+    viewer : napari.Viewer, optional
+        Gives the displayed plane and receives a new labels layer. Without it the
+        plane is made of the last two axes and `plane` (or plane 0) is used.
+    output : napari.layers.Labels, optional
+        Write into this layer (one undo step) instead of a new one.
+    policy : str
+        ``new_ids`` (after the layer's largest id), ``fill_background`` (only
+        where the layer is 0) or ``overwrite``.
+    scope : str
+        ``plane`` (the current plane) or ``stack`` (every plane, then objects
+        linked through z/t by mask IoU, see `link_iou`).
+    plane : tuple of int, optional
+        Index along each stack axis; default: the viewer's current position.
+    pipeline : MobileSAMv2, optional
+        Use this pipeline instead of building one from `encoder` and `device`.
+    name : str, optional
+        Name of a new labels layer (default ``"<image> objects"``).
+    **settings
+        ``encoder``, ``device``, ``trust_weights`` (:class:`ModelSettings`);
+        ``strategy``, ``conf``, ``iou``, ``max_prompts``, ``points_per_side``,
+        ``link_iou`` (:class:`EverythingOptions`); ``normalization``,
+        ``channel_axis``, ``channels`` (:class:`ImageSettings`).
+
+    Returns
+    -------
+    napari.layers.Labels
+        The labels layer written to. Its ``features`` hold one row per new object:
+        ``index``/``id``, ``score``, ``predicted_iou``, ``stability``, ``area``, ``slice``.
+    """
+    return prepare_everything(
+        image, viewer, output=output, policy=policy, scope=scope, plane=plane, pipeline=pipeline, name=name,
+        **settings,
+    ).run()
+
+
+def _segment_plane(
+    pipeline: MobileSAMv2, view: ImageView, plane: Plane, options: EverythingOptions, boxes_xyxy=None
+) -> Segmentation:
+    image = view.read(plane)
+    return pipeline.segment_everything(
+        image, strategy=options.strategy, conf=options.conf, iou=options.iou, max_prompts=options.max_prompts,
+        points_per_side=options.points_per_side, boxes_xyxy=boxes_xyxy,
+        embedding=cached_embedding(pipeline, view, plane, image), **view.conversion(),
+    )
+
+
+def cached_embedding(pipeline: MobileSAMv2, view: ImageView, plane: Plane, image: np.ndarray | None = None):
+    """The image embedding of `plane`, computed once per layer, plane and conversion."""
+    key = (id(pipeline), *view.cache_key(plane))
+
+    def compute():
+        pixels = view.read(plane) if image is None else image
+        return pipeline.embed(pipeline.prepare_image(pixels, **view.conversion()))
+
+    return EMBEDDINGS.get_or_compute(key, compute)
+
+
+def _plane_result(view: ImageView, plane: Plane, found: Segmentation, scores=None) -> LabelsResult:
+    table = found.table()
+    table["area"] = table["visible_area"]
+    if scores is not None and len(scores) == len(found):
+        table["score"] = np.asarray(scores, np.float32)
+    table["slice"] = np.full(len(found), view.describe(plane), dtype=object)
+    return LabelsResult(found.labels, view.labels_key(plane), table)
+
+
+def _stack_result(view: ImageView, planes: list[Plane], found: list[Segmentation], link_iou: float) -> LabelsResult:
+    stacked = np.stack([s.labels for s in found]).reshape(*view.stack_shape, *found[0].labels.shape)
+    link = link_planes(stacked, link_iou)
+    table = linked_table(link, [s.table() for s in found])
+    first = [view.describe(planes[i]) for i in table["first_plane"]]
+    last = [view.describe(planes[i]) for i in table["last_plane"]]
+    table["slice"] = np.array([a if a == b else f"{a} to {b}" for a, b in zip(first, last)], dtype=object)
+    labels = new_labels_data(view)
+    flat = link.labels.reshape(-1, *found[0].labels.shape)
+    for i, p in enumerate(planes):
+        labels[view.labels_key(p)] = flat[i]
+    return LabelsResult(labels, (slice(None),) * labels.ndim, table)
+
+
+def apply_labels(
+    result: LabelsResult, view: ImageView, viewer, output: Labels | None, policy: str, name: str
+) -> Labels:
+    """Write a result into `output` (one undo step) or into a new labels layer."""
+    if output is None:
+        data = new_labels_data(view)
+        data[result.key] = result.labels
+        id_map = {int(i): int(i) for i in result.table["id"]}
+        layer = Labels(data, name=name, **view.labels_transform())
+        if viewer is not None:
+            layer = viewer.add_layer(layer)
+    else:
+        check_output(view, output)
+        id_map = write_labels(output, result.labels, result.key, policy)
+        layer = output
+    written = np.asarray(layer.data[result.key])
+    add_features(layer, object_features(result.table, id_map, written, ""))
+    return layer
+
+
+# -- segment anything ------------------------------------------------------------------------
+
+
+def prepare_anything(
+    image: Image,
+    viewer=None,
+    *,
+    points: Points | None = None,
+    shapes: Shapes | None = None,
+    output: Labels | None = None,
+    policy: str = "new_ids",
+    plane: Plane | None = None,
+    pipeline: MobileSAMv2 | None = None,
+    name: str | None = None,
+    **settings,
+) -> Job:
+    """A :class:`Job` that segments the prompted objects; see :func:`segment_anything`."""
+    model, _, image_settings = split_settings(settings)
+    _check_choice("id policy", policy, ID_POLICIES)
+    view = image_view(image, viewer, image_settings)
+    check_output(view, output)
+    plane = _plane(view, viewer, plane)
+    prompts = points_on_plane(points, view, plane) if points is not None else PointPrompts(np.zeros((0, 2)), np.zeros(0))
+    boxes = shapes_to_boxes(shapes, view, plane)[0] if shapes is not None else np.zeros((0, 4), np.float32)
+    if not (prompts.labels == 1).any() and not len(boxes):
+        raise InputError(
+            "no prompts on this plane: add a positive point or a box (points with positive=False "
+            "are background points and need a positive point or a box too)"
+        )
+
+    def steps():
+        pipe = pipeline or model.pipeline()
+        yield
+        found = pipe.segment_anything(
+            view.read(plane), points=prompts.points, point_labels=prompts.labels, point_groups=prompts.groups,
+            boxes=boxes, embedding=cached_embedding(pipe, view, plane), **view.conversion(),
+        )
+        yield
+        return _plane_result(view, plane, found)
+
+    def apply(result: LabelsResult) -> Labels:
+        return apply_labels(result, view, viewer, output, policy, name or f"{image.name} objects")
+
+    return Job(steps, 2, apply, f"segment anything in {image.name}")
+
+
+def segment_anything(
+    image: Image,
+    viewer=None,
+    *,
+    points: Points | None = None,
+    shapes: Shapes | None = None,
+    output: Labels | None = None,
+    policy: str = "new_ids",
+    plane: Plane | None = None,
+    pipeline: MobileSAMv2 | None = None,
+    name: str | None = None,
+    **settings,
+) -> Labels:
+    """Segment the objects marked by points and shapes on the current plane.
+
+    Prompt conventions
+    ------------------
+    * Each positive point is one object; negative points (``positive`` feature
+      False) are background for every point object. Points with the same
+      ``object`` feature value form one object together.
+    * Each shape (rectangle, or the bounding box of a polygon/ellipse) is one object.
+    * Only prompts on the current plane are used.
+
+    The plane's embedding is cached, so running again with edited prompts only
+    runs the mask decoder. Other parameters are those of :func:`segment_everything`
+    (``encoder``, ``device``, ``trust_weights``, ``normalization``, ``channel_axis``,
+    ``channels``).
+    """
+    return prepare_anything(
+        image, viewer, points=points, shapes=shapes, output=output, policy=policy, plane=plane,
+        pipeline=pipeline, name=name, **settings,
+    ).run()
+
+
+# -- editable box proposals ----------------------------------------------------------------------
+
+
+def prepare_show_boxes(
+    image: Image, viewer=None, *, plane: Plane | None = None, pipeline: MobileSAMv2 | None = None, **settings
+) -> Job:
+    """A :class:`Job` that adds the detector's boxes of the current plane as rectangles."""
+    model, options, image_settings = split_settings(settings)
+    view = image_view(image, viewer, image_settings)
+    plane = _plane(view, viewer, plane)
+
+    def steps():
+        pipe = pipeline or model.pipeline()
+        yield
+        pixels = view.read(plane)
+        rgb = pipe.prepare_image(pixels, **view.conversion())
+        cached_embedding(pipe, view, plane, pixels)  # ready for "Decode boxes"
+        boxes, scores = pipe.detect(rgb, conf=options.conf, iou=options.iou)
+        yield
+        return BoxesResult(boxes[: options.max_prompts], scores[: options.max_prompts], plane)
+
+    def apply(result: BoxesResult) -> Shapes:
+        return add_box_layer(result, view, viewer)
+
+    return Job(steps, 2, apply, f"detect boxes in {image.name}")
+
+
+def show_boxes(image: Image, viewer=None, **kwargs) -> Shapes:
+    """Add the detector's boxes on the current plane as an editable Shapes layer.
+
+    Rectangles carry their detector ``score`` as a feature (NaN for ones you add).
+    Edit them, then call :func:`decode_boxes`. Keywords as :func:`prepare_show_boxes`.
+    """
+    return prepare_show_boxes(image, viewer, **kwargs).run()
+
+
+def add_box_layer(result: BoxesResult, view: ImageView, viewer=None) -> Shapes:
+    """A Shapes layer of rectangles for detector boxes, in the image's frame."""
+    rectangles = boxes_to_rectangles(result.boxes_xyxy, view, result.plane)
+    layer = Shapes(
+        rectangles, ndim=view.ndim, shape_type="rectangle", name=f"{view.layer.name} boxes",
+        features={"score": np.asarray(result.score, np.float64)}, edge_color="yellow", face_color="transparent",
+        edge_width=max(1.0, min(view.data.shape[a] for a in view.plane_axes) / 256),
+        metadata={"mobilesamv2_image": view.layer.name}, **view.labels_transform(),
+    )
+    layer.feature_defaults = {"score": np.nan}
+    return viewer.add_layer(layer) if viewer is not None else layer
+
+
+def prepare_decode_boxes(
+    image: Image,
+    shapes: Shapes,
+    viewer=None,
+    *,
+    output: Labels | None = None,
+    policy: str = "new_ids",
+    plane: Plane | None = None,
+    pipeline: MobileSAMv2 | None = None,
+    name: str | None = None,
+    **settings,
+) -> Job:
+    """A :class:`Job` that decodes the (edited) rectangles of `shapes` on the current plane."""
+    view = image_view(image, viewer, split_settings(settings)[2])
+    plane = _plane(view, viewer, plane)
+    boxes, kept = shapes_to_boxes(shapes, view, plane)
+    usable = _has_area(boxes, view)
+    if not usable.any():
+        raise InputError(f"no boxes of {shapes.name!r} lie on this plane inside the image")
+    scores = np.asarray(shapes.features["score"], np.float64)[kept] if "score" in shapes.features else None
+    return prepare_everything(
+        image, viewer, output=output, policy=policy, scope="plane", plane=plane, pipeline=pipeline,
+        boxes_xyxy=boxes[usable], box_scores=None if scores is None else scores[usable],
+        name=name or f"{image.name} objects", **{**settings, "strategy": "object-aware"},
+    )
+
+
+def decode_boxes(image: Image, shapes: Shapes, viewer=None, **kwargs) -> Labels:
+    """Segment one object per rectangle of `shapes` (only the mask decoder runs when the
+    plane's embedding is cached, e.g. after :func:`show_boxes`). Keywords as
+    :func:`segment_everything`."""
+    return prepare_decode_boxes(image, shapes, viewer, **kwargs).run()
+
+
+def _has_area(boxes: np.ndarray, view: ImageView) -> np.ndarray:
+    """The boxes the core keeps: at least one pixel wide and high inside the image."""
+    rows, cols = view.plane_axes
+    h, w = view.data.shape[rows], view.data.shape[cols]
+    x = np.clip(boxes[:, [0, 2]], 0, w)
+    y = np.clip(boxes[:, [1, 3]], 0, h)
+    return (np.abs(x[:, 1] - x[:, 0]) >= 1) & (np.abs(y[:, 1] - y[:, 0]) >= 1)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _plane(view: ImageView, viewer, plane: Plane | None) -> Plane:
+    if plane is None:
+        return current_plane(view, viewer)
+    plane = tuple(int(i) for i in np.atleast_1d(plane)) if np.ndim(plane) else (int(plane),)
+    view.key(plane)  # validates
+    return plane
+
+
+def _check_choice(what: str, value: str, choices) -> None:
+    if value not in choices:
+        raise InputError(f"{what} must be one of {', '.join(choices)}, not {value!r}")

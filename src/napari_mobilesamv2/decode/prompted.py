@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,8 +11,12 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..embedding import ImageEmbedding
+from ..errors import InputError
 from ..models.build import IMAGE_SIZE
+from .fast import DEFAULT_CHUNK, BoxDecoder
 from .masks import MaskCrop, logits_to_crops
+
+log = logging.getLogger(__name__)
 
 _TRANSFORM = ResizeLongestSide(IMAGE_SIZE)
 
@@ -57,13 +62,14 @@ def decode_box_logits(
     mask_decoder: MaskDecoder,
     embedding: ImageEmbedding,
     boxes_xyxy: np.ndarray,
-    batch_size: int = 320,
+    batch_size: int = DEFAULT_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Low-res logits and predicted IoU for box prompts, one mask per box.
 
-    The computation is that of ``SamPredictor.predict_torch(boxes=...,
-    multimask_output=False)`` (and of the official MobileSAMv2 script), run in
-    batches of `batch_size` boxes.
+    Gives the same masks as ``SamPredictor.predict_torch(boxes=...,
+    multimask_output=False)`` (and the official MobileSAMv2 script), computed by
+    :class:`~napari_mobilesamv2.decode.fast.BoxDecoder` in batches of `batch_size`
+    boxes. On a CUDA out-of-memory error the batch is halved and retried.
 
     Returns
     -------
@@ -74,10 +80,35 @@ def decode_box_logits(
     """
     device = embedding.device
     boxes = torch.from_numpy(transform_boxes(boxes_xyxy, embedding.original_size)).to(device)
-    if boxes.shape[0] == 0:
-        return torch.zeros((0, 1, 256, 256), device=device), torch.zeros(0, device=device)
+    decoder = BoxDecoder(prompt_encoder, mask_decoder, embedding)
+    batch_size = max(1, int(batch_size))
+    while True:
+        try:
+            return decoder.decode(boxes, chunk=batch_size)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise InputError(
+                    "the GPU ran out of memory even with one box per batch; close other GPU programs or "
+                    "use device='cpu'"
+                ) from None
+            batch_size //= 2
+            torch.cuda.empty_cache()
+            log.warning("GPU out of memory while decoding boxes; retrying with batches of %d", batch_size)
+
+
+@torch.inference_mode()
+def reference_box_logits(
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+    embedding: ImageEmbedding,
+    boxes_xyxy: np.ndarray,
+    batch_size: int = 320,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference computation (segment-anything's ``predict_torch`` decoder calls), for checks."""
+    device = embedding.device
+    boxes = torch.from_numpy(transform_boxes(boxes_xyxy, embedding.original_size)).to(device)
     image_pe = prompt_encoder.get_dense_pe()
-    logits, ious = [], []
+    logits, ious = [torch.zeros((0, 1, 256, 256), device=device)], [torch.zeros(0, device=device)]
     for start in range(0, boxes.shape[0], max(1, int(batch_size))):
         sparse, dense = prompt_encoder(points=None, boxes=boxes[start:start + batch_size], masks=None)
         low_res, iou = mask_decoder(
@@ -94,7 +125,7 @@ def decode_boxes(
     mask_decoder: MaskDecoder,
     embedding: ImageEmbedding,
     boxes_xyxy: np.ndarray,
-    batch_size: int = 320,
+    batch_size: int = DEFAULT_CHUNK,
 ) -> DecodedMasks:
     """Full-resolution binary masks for box prompts (see :func:`decode_box_logits`)."""
     low_res, iou = decode_box_logits(prompt_encoder, mask_decoder, embedding, boxes_xyxy, batch_size)

@@ -242,7 +242,7 @@ class MobileSAMv2:
         imgsz: int = 1024,
         max_det: int = 300,
         max_prompts: int = 320,
-        batch_size: int = 320,
+        batch_size: int = 16,
         points_per_side: int = 32,
         min_predicted_iou: float | None = None,
         min_stability: float | None = None,

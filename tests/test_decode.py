@@ -221,3 +221,31 @@ def test_out_of_memory_with_single_boxes_gives_advice(embedding, sam_decoder, mo
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     with pytest.raises(InputError, match="use device='cpu'"):
         decode_box_logits(*sam_decoder, embedding, _many_boxes(3), batch_size=4)
+
+
+def _blob_logits(n: int, seed: int = 0) -> torch.Tensor:
+    """Logits shaped like a trained decoder's: a positive blob, strongly negative background."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    low = torch.empty(n, 1, 256, 256)
+    for k in range(n):
+        cy, cx = (torch.rand(2, generator=g) * 256).tolist()
+        radius = 2 + float(torch.rand(1, generator=g)) * 40
+        blob = 8 * (1 - ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt() / radius) + 0.3 * torch.randn(256, 256, generator=g)
+        low[k, 0] = torch.where(blob < -3, torch.full_like(blob, -12.0), blob)
+    return low
+
+
+@pytest.mark.parametrize("input_size, original_size", [((683, 1024), (700, 1050)), ((1024, 768), (2000, 1500)),
+                                                       ((1024, 1024), (37, 37))])
+def test_windowed_upsampling_equals_full_upsampling(input_size, original_size):
+    from napari_mobilesamv2.decode.masks import stability_scores
+
+    low = _blob_logits(30, seed=len(input_size) + original_size[0])
+    full = upsample_logits(low, input_size, original_size)[:, 0]
+    crops, stability = logits_to_crops(low, input_size, original_size)
+    np.testing.assert_allclose(stability, stability_scores(full).numpy(), atol=1e-6)
+    for k, crop in enumerate(crops):
+        differs = crop.to_full(original_size) != (full[k] > 0).numpy()
+        assert (full[k].numpy()[differs].__abs__() < 1e-5).all()
+    assert sum((c.to_full(original_size) != (full[k] > 0).numpy()).sum() for k, c in enumerate(crops)) == 0

@@ -75,15 +75,93 @@ def stability_scores(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(low > 0, high.double() / low.clamp(min=1).double(), torch.ones_like(high, dtype=torch.float64))
 
 
+def _axis_weights(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights of bilinear resizing along one axis (align_corners=False).
+
+    Computed as PyTorch's CPU kernel does (float32 scale, source position in double,
+    negative positions clamped to 0), so each output pixel reads the same two inputs.
+    """
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = (np.float64(scale) * (np.arange(out_size, dtype=np.float64) + 0.5) - 0.5).astype(np.float32)
+    position = np.maximum(position, np.float32(0))
+    first = np.floor(position).astype(np.int64)
+    weight_second = np.clip(position - first.astype(np.float32), 0, 1).astype(np.float32)
+    second = np.minimum(first + 1, in_size - 1)
+    return (torch.from_numpy(first), torch.from_numpy(second),
+            torch.from_numpy(np.float32(1) - weight_second), torch.from_numpy(weight_second))
+
+
+def _resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 matrix of 1-D bilinear resizing as PyTorch's kernel indexes it."""
+    first, second, w_first, w_second = (w.numpy() for w in _axis_weights(in_size, out_size))
+    matrix = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, first), w_first)
+    np.add.at(matrix, (rows, second), w_second)
+    return matrix
+
+
+class WindowedUpsampler:
+    """SAM's mask post-processing restricted to the window where a mask can reach a threshold.
+
+    SAM resizes 256² logits to 1024², crops the padding and resizes to the image size,
+    both bilinearly. Per axis that is one linear map from the 256 low-resolution
+    pixels to the output pixels; its (output x 256) matrix has few non-zeros per row.
+    Bilinear resizing is a convex combination, so an output pixel can only exceed a
+    value if a low-resolution pixel it reads does: the window of a mask follows from
+    the low-resolution pixels above ``-1 - margin`` (the lower stability threshold),
+    and everything outside it is below every threshold used. Inside the window the
+    values are computed in float64 and agree with SAM's float32 result to ~1e-6, so
+    only pixels whose logit is that close to 0 can differ.
+    """
+
+    margin = 1e-3
+
+    def __init__(self, input_size: tuple[int, int], original_size: tuple[int, int], low_res_size: int = 256):
+        self.original_size = original_size
+        self.matrices = []
+        for length_in, length_out in zip(input_size, original_size):
+            stage1 = _resize_matrix(low_res_size, IMAGE_SIZE)[:length_in]
+            self.matrices.append(_resize_matrix(length_in, length_out) @ stage1)
+        self.reads = [matrix != 0 for matrix in self.matrices]
+        self.first_read = [np.argmax(r, axis=1) for r in self.reads]
+        self.last_read = [r.shape[1] - 1 - np.argmax(r[:, ::-1], axis=1) for r in self.reads]
+
+    def window(self, support: np.ndarray) -> tuple[slice, slice] | None:
+        """Output rows and columns that read any True pixel of a (256, 256) bool `support`."""
+        spans = []
+        for axis in (0, 1):
+            hit = np.flatnonzero(support.any(axis=1 - axis))
+            if hit.size == 0:
+                return None
+            start = int(np.searchsorted(self.last_read[axis], hit[0]))
+            stop = int(np.searchsorted(self.first_read[axis], hit[-1], side="right"))
+            if start >= stop:
+                return None
+            spans.append(slice(start, stop))
+        return spans[0], spans[1]
+
+    def values(self, low_res: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+        """Full-resolution float64 logits of one (256, 256) map inside ``rows x cols``."""
+        row_map, col_map = self.matrices[0][rows], self.matrices[1][cols]
+        row_band = slice(int(self.first_read[0][rows][0]), int(self.last_read[0][rows][-1]) + 1)
+        col_band = slice(int(self.first_read[1][cols][0]), int(self.last_read[1][cols][-1]) + 1)
+        return row_map[:, row_band] @ low_res[row_band, col_band] @ col_map[:, col_band].T
+
+
 def logits_to_crops(
     low_res: torch.Tensor,
     input_size: tuple[int, int],
     original_size: tuple[int, int],
     chunk_pixels: int = 64 * 1024 * 1024,
+    window_fraction: float = 0.25,
 ) -> tuple[list[MaskCrop], np.ndarray]:
-    """Upsample (N, 1, 256, 256) logits to image size a few at a time, threshold, crop.
+    """Upsample (N, 1, 256, 256) logits to image size, threshold at 0 and crop.
 
-    Never holds more than about `chunk_pixels` full-resolution float values at once.
+    Masks whose window (see :class:`WindowedUpsampler`) covers less than
+    `window_fraction` of the image are upsampled inside it only; the others go
+    through SAM's full ``postprocess_masks``, a few at a time, never more than about
+    `chunk_pixels` float values at once.
 
     Returns
     -------
@@ -91,13 +169,34 @@ def logits_to_crops(
     stability : numpy.ndarray
         (N,) float32 stability scores.
     """
-    per_chunk = max(1, chunk_pixels // max(1, original_size[0] * original_size[1]))
-    crops: list[MaskCrop] = []
-    stability = []
-    for start in range(0, low_res.shape[0], per_chunk):
-        logits = upsample_logits(low_res[start:start + per_chunk], input_size, original_size)[:, 0]
-        stability.append(stability_scores(logits).float().cpu())
-        binary = (logits > MASK_THRESHOLD).cpu().numpy()
-        crops.extend(crop_to_content(m) for m in binary)
-    values = torch.cat(stability).numpy() if stability else np.zeros(0, np.float32)
-    return crops, values
+    low_res = low_res.detach().float().cpu()
+    low_np = low_res[:, 0].numpy().astype(np.float64)
+    crops: list[MaskCrop | None] = [None] * low_res.shape[0]
+    stability = np.zeros(low_res.shape[0], np.float32)
+    upsampler = WindowedUpsampler(input_size, original_size, low_res.shape[-1])
+    image_pixels = original_size[0] * original_size[1]
+    full = []
+    for k, low in enumerate(low_np):
+        window = upsampler.window(low > MASK_THRESHOLD - STABILITY_OFFSET - upsampler.margin)
+        if window is None:
+            crops[k], stability[k] = MaskCrop(0, 0, np.zeros((0, 0), bool)), 1.0
+        elif (window[0].stop - window[0].start) * (window[1].stop - window[1].start) > window_fraction * image_pixels:
+            full.append(k)
+        else:
+            logits = upsampler.values(low, *window)
+            crops[k], stability[k] = _crop_and_score(logits, window[0].start, window[1].start)
+    per_chunk = max(1, chunk_pixels // max(1, image_pixels))
+    for start in range(0, len(full), per_chunk):
+        index = full[start:start + per_chunk]
+        logits = upsample_logits(low_res[index], input_size, original_size)[:, 0]
+        for k, mask_logits in zip(index, logits.numpy()):
+            crops[k], stability[k] = _crop_and_score(mask_logits, 0, 0)
+    return crops, stability
+
+
+def _crop_and_score(logits: np.ndarray, top: int, left: int) -> tuple[MaskCrop, float]:
+    """Binary crop (threshold 0) and stability score of one full-resolution logit window."""
+    high = np.count_nonzero(logits > MASK_THRESHOLD + STABILITY_OFFSET)
+    low = np.count_nonzero(logits > MASK_THRESHOLD - STABILITY_OFFSET)
+    crop = crop_to_content(logits > MASK_THRESHOLD)
+    return MaskCrop(crop.top + top, crop.left + left, crop.mask), (high / low if low else 1.0)

@@ -173,7 +173,26 @@ def image_view(
             f"axis {channel_axis} is displayed, so it cannot be the channel axis; "
             "pick a channel axis that has a slider"
         )
-    return ImageView(layer, plane_axes, settings)  # type: ignore[arg-type]
+    view = ImageView(layer, plane_axes, settings)  # type: ignore[arg-type]
+    _check_channels(view)
+    return view
+
+
+def _check_channels(view: ImageView) -> None:
+    """Refuse channel choices the image does not have, before any work starts."""
+    chosen = view.settings.channels
+    if chosen is None:
+        return
+    if view.channel_axis is not None:
+        n = view.data.shape[view.channel_axis]
+    else:
+        n = view.data.shape[-1] if view.layer.rgb else 1
+    missing = [c for c in chosen if not -n <= c < n]
+    if missing or not 1 <= len(chosen) <= 3:
+        raise InputError(
+            f"channels {list(chosen)}: choose one to three of the {n} channel(s) of {view.layer.name!r}"
+            + ("" if view.channel_axis is not None or view.layer.rgb else " (set the channel axis first)")
+        )
 
 
 def _displayed_axes(layer: Image, viewer, channel_axis: int | None) -> tuple[int, ...]:

@@ -43,6 +43,24 @@ def _layers_of(viewer, kind, none_label: str | None = None) -> Callable:
     return choices
 
 
+class StepError(Exception):
+    """Carries an error out of the worker thread.
+
+    superqt's generator worker takes a RuntimeError (torch's usual error type) for a
+    deleted worker: it would drop the error and never finish.
+    """
+
+
+def _carry_errors(steps: Callable) -> Callable:
+    def guarded():
+        try:
+            return (yield from steps())
+        except Exception as error:  # noqa: BLE001 - re-raised, reported on the main thread
+            raise StepError(str(error)) from error
+
+    return guarded
+
+
 class ImageControls(Container):
     """Image layer picker and how its planes become RGB (normalization, channels)."""
 
@@ -136,7 +154,7 @@ class JobWidget(Container):
             self._report(error)
             return
         self.last_error = None
-        worker = create_worker(job.steps, _progress={"total": job.total, "desc": job.description}, _ignore_errors=True)
+        worker = create_worker(_carry_errors(job.steps), _progress={"total": job.total, "desc": job.description}, _ignore_errors=True)
         worker.returned.connect(lambda result: self._apply(job, result, then))
         worker.errored.connect(self._report)
         worker.aborted.connect(lambda: self._set_status("cancelled; nothing was changed"))
@@ -166,6 +184,8 @@ class JobWidget(Container):
         self.cancel_button.enabled = False
 
     def _report(self, error: BaseException) -> None:
+        if isinstance(error, StepError) and error.__cause__ is not None:
+            error = error.__cause__
         if isinstance(error, MobileSAMv2Error):
             message = str(error)
         else:

@@ -1,0 +1,203 @@
+"""The dock widgets: created from the manifest, runs in a thread worker, cancel, errors."""
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import blobs
+from napari.utils.notifications import notification_manager
+
+from napari_mobilesamv2 import WeightsUnavailableError
+from napari_mobilesamv2.napari import SegmentAnythingWidget, SegmentEverythingWidget
+
+PLUGIN = "napari-mobilesamv2"
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def test_widgets_and_samples_come_from_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    assert isinstance(dock(viewer, "Segment everything"), SegmentEverythingWidget)
+    assert isinstance(dock(viewer, "Segment anything"), SegmentAnythingWidget)
+    viewer.open_sample(PLUGIN, "nuclei_3d")
+    viewer.open_sample(PLUGIN, "coins")
+    assert viewer.layers["nuclei 3D"].data.shape == (20, 128, 128)
+    assert viewer.layers["nuclei 3D"].data.dtype == np.uint16
+    assert viewer.layers["coins"].data.ndim == 2
+
+
+def test_sample_data_is_deterministic():
+    from napari_mobilesamv2.napari import nuclei_2d, nuclei_timelapse
+
+    first, second = nuclei_2d()[0][0], nuclei_2d()[0][0]
+    np.testing.assert_array_equal(first, second)
+    assert first.shape == (256, 256) and first.std() > 100
+    assert nuclei_timelapse()[0][0].shape == (12, 128, 128)
+
+
+def test_the_image_picker_follows_the_active_image(make_napari_viewer):
+    viewer = make_napari_viewer()
+    first = viewer.add_image(blobs(), name="first")
+    widget = dock(viewer, "Segment everything")
+    assert widget.images.image.value is first
+    second = viewer.add_image(blobs(), name="second")
+    viewer.layers.selection.active = second
+    assert widget.images.image.value is second
+    assert [c for c in widget.output.choices] == [None]
+    labels = viewer.add_labels(np.zeros((64, 96), np.int32))
+    assert list(widget.output.choices) == [None, labels]
+
+
+def test_segment_everything_runs_in_a_worker_with_the_real_tiny_models(make_napari_viewer, tiny_factory, wait_done):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(blobs(), scale=(2, 2), translate=(1, 1))
+    widget = dock(viewer, "Segment everything")
+    widget.conf.value = 0.01
+    widget.max_prompts.value = 3
+    widget.run()
+    assert widget.is_running
+    wait_done(widget)
+    assert widget.last_error is None, widget.last_error
+    labels = viewer.layers["layer objects"] if "layer objects" in viewer.layers else viewer.layers[-1]
+    assert labels.data.shape == image.data.shape
+    np.testing.assert_allclose(labels.scale, (2, 2))
+    assert {"index", "id", "score", "predicted_iou", "stability", "area", "slice"} <= set(labels.features.columns)
+    assert len(labels.features) == len(np.unique(labels.data)) - 1  # one row per visible object
+    # editable boxes: show the detector's boxes, then decode them with the cached embedding
+    widget.show_boxes()
+    wait_done(widget)
+    boxes = widget.boxes.value
+    assert boxes.nshapes == 3 and boxes.features["score"].notna().all()
+    calls = []
+    original = tiny_factory.embed
+    tiny_factory.embed = lambda rgb: calls.append(1) or original(rgb)
+    try:
+        widget.decode_boxes()
+        wait_done(widget)
+    finally:
+        del tiny_factory.embed
+    assert widget.last_error is None, widget.last_error
+    assert calls == []  # only the decoder ran
+    assert widget.status.value.startswith("done")
+
+
+def test_widget_settings_reach_the_pipeline(make_napari_viewer, blob_pipeline, wait_done):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([blobs(centres=((20, 20 + z),)) for z in range(4)]))
+    widget = dock(viewer, "Segment everything")
+    existing = viewer.add_labels(np.zeros((4, 64, 96), np.int32), name="mine")
+    existing.data[0, 0, 0] = 9
+    widget.output.value = existing
+    widget.policy.value = "fill_background"
+    widget.scope.value = "stack"
+    widget.run()
+    wait_done(widget)
+    assert len(viewer.layers) == 2
+    assert np.unique(existing.data).tolist() == [0, 9, 10]  # one object, linked through z
+    existing.undo()
+    assert np.unique(existing.data).tolist() == [0, 9]
+
+
+def test_cancel_changes_no_layer(make_napari_viewer, blob_pipeline, wait_done):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([blobs()] * 3))
+    existing = viewer.add_labels(np.zeros((3, 64, 96), np.int32))
+    widget = dock(viewer, "Segment everything")
+    widget.output.value = existing
+    widget.scope.value = "stack"
+    blob_pipeline.gate = threading.Event()
+    widget.run()
+    assert widget.cancel_button.enabled
+    widget.cancel()
+    blob_pipeline.gate.set()
+    wait_done(widget)
+    assert widget.status.value.startswith("cancelled")
+    assert len(viewer.layers) == 2 and not existing.data.any()
+    assert not widget.cancel_button.enabled
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (WeightsUnavailableError("l2.pt is missing; download it from ..."), "l2.pt is missing; download it from ..."),
+        (RuntimeError("CUDA out of memory"), "MobileSAMv2 failed: RuntimeError: CUDA out of memory"),
+    ],
+)
+def test_errors_are_notifications_and_change_no_layer(make_napari_viewer, wait_done, error, shown):
+    from napari_mobilesamv2.napari import set_pipeline_factory
+
+    def factory(encoder, device, trust_weights):
+        raise error
+
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs())
+    widget = dock(viewer, "Segment everything")
+    set_pipeline_factory(factory)
+    try:
+        before = len(notification_manager.records)
+        widget.run()
+        wait_done(widget)
+    finally:
+        set_pipeline_factory(None)
+    assert widget.last_error == shown
+    assert len(viewer.layers) == 1
+    assert [str(n.message) for n in notification_manager.records[before:]] == [shown]
+
+
+def test_input_errors_are_reported_before_running(make_napari_viewer, blob_pipeline):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((5, 64, 96), np.uint8))
+    widget = dock(viewer, "Segment everything")
+    widget.images.channel_axis.value = 0
+    widget.images.channels.value = "0, 1, 7"
+    widget.run()
+    assert not widget.is_running
+    assert "channels" in widget.last_error or "do not exist" in widget.last_error
+
+
+def test_segment_anything_widget_with_prompt_layers_and_keybinding(make_napari_viewer, blob_pipeline, wait_done):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.stack([blobs(centres=((20, 20), (40, 60), (50, 15)))] * 2), scale=(4, 1, 1))
+    widget = dock(viewer, "Segment anything")
+    widget.add_prompt_layers()
+    points, boxes = widget.points.value, widget.shapes.value
+    assert points.name == "layer prompts" or points.name.endswith("prompts")
+    np.testing.assert_allclose(points.scale, image.scale)
+    z = viewer.dims.current_step[0]
+    points.add([z, 20, 20])
+    widget.negative.value = True
+    points.add([z, 40, 60])
+    assert points.features["positive"].tolist() == [True, False]
+    boxes.add_rectangles(np.array([[z, 42, 5], [z, 42, 25], [z, 58, 25], [z, 58, 5]], float))
+    viewer.keymap  # noqa: B018 - the binding is on the viewer
+    bound = [k for k in viewer.keymap if "S" in str(k)]
+    assert bound, "Shift-S should run segment anything"
+    viewer.keymap[bound[0]](viewer)
+    wait_done(widget)
+    assert widget.last_error is None, widget.last_error
+    labels = widget.output.value
+    assert [int(labels.data[z, y, x]) for y, x in ((20, 20), (40, 60), (50, 15))] == [1, 0, 2]
+    assert len(points.data) == 0 and boxes.nshapes == 0  # used prompts are cleared
+    # the next object goes into the same layer, reusing the embedding
+    calls = blob_pipeline.embed_calls
+    widget.negative.value = False
+    points.add([z, 40, 60])
+    widget.run()
+    wait_done(widget)
+    assert blob_pipeline.embed_calls == calls
+    assert int(labels.data[z, 40, 60]) == 3
+    labels.undo()
+    assert int(labels.data[z, 40, 60]) == 0 and int(labels.data[z, 20, 20]) == 1
+
+
+def test_segment_anything_without_prompts_says_what_to_do(make_napari_viewer, blob_pipeline):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs())
+    widget = dock(viewer, "Segment anything")
+    widget.add_prompt_layers()
+    widget.run()
+    assert not widget.is_running and "no prompts" in widget.last_error
+    assert widget.output.value is None and len(viewer.layers) == 3

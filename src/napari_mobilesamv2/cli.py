@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import InputError, MobileSAMv2Error
+from .errors import InputError, MobileSAMv2Error, OutputError
 from .models.registry import DEFAULT_ENCODER, ENCODERS, WEIGHT_FILES
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -23,18 +24,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        return args.run(args) or 0
-    except MobileSAMv2Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.run(args) or 0
+        except MobileSAMv2Error as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``warning: ...`` line, without the source location."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end in one ``error:`` line and status 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-mobilesamv2", description=__doc__.splitlines()[0])
+    """The ``napari-mobilesamv2`` argument parser with its three commands."""
+    parser = _Parser(prog="napari-mobilesamv2", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -82,10 +98,16 @@ def _add_model_options(parser: argparse.ArgumentParser, detector: bool = True) -
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--no-download", action="store_true", help="never download missing weights")
     parser.add_argument("--channel-axis", type=int, help="axis of the image that holds channels")
-    parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")],
-                        help="comma-separated channels (at most 3) that feed R,G,B")
+    parser.add_argument("--channels", type=_channel_list, help="comma-separated channels (at most 3) that feed R,G,B")
     parser.add_argument("--normalization", default="auto",
                         choices=("auto", "percentile", "minmax", "none"), help="intensity mapping to 8 bit")
+
+
+def _channel_list(text: str) -> list[int]:
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated channel numbers such as 0,2, not {text!r}") from None
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -148,8 +170,25 @@ def output_paths(args: argparse.Namespace, images: list[Path]) -> list[tuple[Pat
                     raise InputError(f"with several images, {target} must be an existing folder")
                 target = target / f"{image.stem}{suffix}"
             pair.append(check_output_path(target, tuple(images)))
+        if pair[0] is not None and pair[0] == pair[1]:
+            raise OutputError(f"--labels and --proposals both name {pair[0]}; give two different files")
         outputs.append(tuple(pair))
+    _refuse_shared_outputs(images, outputs)
     return outputs
+
+
+def _refuse_shared_outputs(images: list[Path], outputs: list[tuple[Path | None, Path | None]]) -> None:
+    """Two images whose outputs have the same name (a.tif, a.png) would overwrite each other."""
+    writer: dict[Path, Path] = {}
+    for image, pair in zip(images, outputs):
+        for target in filter(None, pair):
+            key = target.resolve()
+            if key in writer:
+                raise OutputError(
+                    f"{writer[key]} and {image} would both be written to {target}; "
+                    "rename one of them or run them separately"
+                )
+            writer[key] = image
 
 
 def run_segment_everything(args: argparse.Namespace) -> int:
@@ -209,10 +248,7 @@ def _write_outputs(result, labels_path, proposals_path, image_id: int) -> None:
     if labels_path is not None:
         write_labels(labels_path, result.labels)
     if proposals_path is not None:
-        try:
-            write_json(proposals_path, coco_results(result, image_id=image_id))
-        except OSError as exc:
-            raise InputError(f"cannot write {proposals_path}: {exc.strerror or exc}") from None
+        write_json(proposals_path, coco_results(result, image_id=image_id))
 
 
 def run_models(args: argparse.Namespace) -> int:

@@ -13,6 +13,14 @@ class InputError(MobileSAMv2Error, ValueError):
     """An image, prompt or parameter cannot be used; the message says how to fix it."""
 
 
+class OutputError(InputError, OSError):
+    """An output file cannot be written (missing folder, no permission, disk full, or it is an input).
+
+    Nothing is left half-written: outputs are written to a temporary file that is renamed
+    into place only when complete, so an existing file of that name is kept as it was.
+    """
+
+
 class CheckpointError(MobileSAMv2Error, ValueError):
     """A weights file is unreadable or is not the file the slot expects."""
 
@@ -23,6 +31,10 @@ class WeightsUnavailableError(MobileSAMv2Error, FileNotFoundError):
 
 class UntrustedWeightsError(MobileSAMv2Error, PermissionError):
     """A pickled checkpoint of unknown origin would have to be unpickled."""
+
+
+class UntrustedWeightsWarning(UserWarning):
+    """A pickled checkpoint of unknown origin is loaded because the user chose to trust it."""
 
 
 class IntegrityError(MobileSAMv2Error, OSError):

@@ -9,6 +9,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .decode.masks import MaskCrop
+from .errors import OutputError
 
 
 def encode_rle(crop: MaskCrop, shape: tuple[int, int]) -> dict:
@@ -49,12 +50,21 @@ def coco_results(segmentation, image_id: int = 0, category_id: int = 1) -> list[
 
 
 def write_json(path: str | os.PathLike, data) -> None:
-    """Write JSON atomically (a temporary file renamed into place)."""
+    """Write JSON atomically (a temporary file renamed into place).
+
+    Raises
+    ------
+    OutputError
+        The file cannot be written (e.g. the disk is full); an existing file at `path`
+        is left as it was and no partial file remains.
+    """
     tmp = f"{os.fspath(path)}.partial"
     try:
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}; nothing was written") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

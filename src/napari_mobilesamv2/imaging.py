@@ -19,11 +19,14 @@ choice of at most three, so none is silently dropped.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 NORMALIZATIONS = ("auto", "percentile", "minmax", "contrast_limits", "none")
 MIN_SIDE = 16
@@ -49,9 +52,10 @@ def check_plane_shape(height: int, width: int) -> None:
 def channels_last(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
     """Return a 2D image or an (H, W, C) view with the channels last.
 
-    Without `channel_axis`, a 3D array whose last axis has 3 or 4 entries is read as
-    RGB(A); one whose first axis has 2-4 entries and last axis more is read as
-    channel-first. Anything else needs `channel_axis`.
+    Without `channel_axis`, a 3D array whose last axis has 2 to 4 entries is read as
+    channels-last (2 channels, RGB or RGBA; no image side is that short); one whose
+    first axis has 2-4 entries and last axis more is read as channel-first. Anything
+    else needs `channel_axis`.
     """
     image = np.asarray(image)
     if image.ndim == 2:
@@ -62,15 +66,18 @@ def channels_last(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
             "Pick a plane of a stack (or use the stack functions) and give channel_axis for channels"
         )
     if channel_axis is None:
-        if image.shape[-1] in (3, 4):
+        if image.shape[-1] in (2, 3, 4):
             return image
         if 2 <= image.shape[0] <= 4 < image.shape[-1]:
             return np.moveaxis(image, 0, -1)
         raise InputError(
-            f"cannot tell which axis of the shape {image.shape} holds channels; pass channel_axis"
+            f"cannot tell which axis of the shape {image.shape} holds channels; pass channel_axis "
+            "(--channel-axis on the command line), or pick one plane if it is a stack"
         )
     if not -3 <= channel_axis < 3:
-        raise InputError(f"channel_axis {channel_axis} does not exist in an array of shape {image.shape}")
+        raise InputError(
+            f"channel_axis {channel_axis} does not exist in an array of shape {image.shape}; use 0, 1 or 2"
+        )
     return np.moveaxis(image, channel_axis, -1)
 
 
@@ -85,7 +92,7 @@ def select_channels(image: np.ndarray, channels: Sequence[int] | None) -> np.nda
         if n > 3:
             raise InputError(
                 f"the image has {n} channels; choose at most three to feed R, G, B "
-                "(channels=[...]) so that none is dropped silently"
+                "(channels=[...], --channels 0,1,2 on the command line) so that none is dropped silently"
             )
         return image
     channels = list(channels)
@@ -106,6 +113,9 @@ def scale_to_uint8(
     """Map an (H, W, C) array of any numeric dtype to uint8 (see module docstring)."""
     if normalization not in NORMALIZATIONS:
         raise InputError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {normalization!r}")
+    low, high = (float(v) for v in percentiles)
+    if not 0.0 <= low < high <= 100.0:
+        raise InputError(f"percentiles must be (low, high) with 0 <= low < high <= 100, not {tuple(percentiles)}")
     if image.dtype == bool:
         return image.astype(np.uint8) * 255
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
@@ -127,11 +137,12 @@ def _channel_range(channel, normalization, percentiles, contrast_limits) -> tupl
     if normalization == "none":
         return 0.0, 255.0
     if normalization == "contrast_limits":
-        if contrast_limits is None or len(contrast_limits) != 2:
-            raise InputError("normalization='contrast_limits' needs contrast_limits=(low, high)")
+        if contrast_limits is None or len(contrast_limits) != 2 or not np.isfinite(contrast_limits).all():
+            raise InputError("normalization='contrast_limits' needs contrast_limits=(low, high), two finite numbers")
         return float(contrast_limits[0]), float(contrast_limits[1])
     finite = channel[np.isfinite(channel)]
     if finite.size == 0:
+        log.warning("the image has no finite values (all NaN or infinite); it is treated as black")
         return 0.0, 0.0
     if normalization == "minmax":
         return float(finite.min()), float(finite.max())
@@ -140,8 +151,8 @@ def _channel_range(channel, normalization, percentiles, contrast_limits) -> tupl
 
 
 def _rescale(channel: np.ndarray, low: float, high: float) -> np.ndarray:
-    if high > low:
-        scaled = (channel - low) / (high - low) * 255.0
+    if high > low:  # halved first so that differences of huge values cannot overflow to inf
+        scaled = (channel / 2 - low / 2) / (high / 2 - low / 2) * 255.0
     else:  # constant image: nothing to stretch
         scaled = np.where(channel > low, 255.0, 0.0)
     scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)

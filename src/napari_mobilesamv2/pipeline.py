@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ from .decode.labels import assemble_labels
 from .decode.masks import MaskCrop
 from .decode.prompted import DecodedMasks, ObjectPrompt, decode_boxes, decode_object_prompts
 from .embedding import ImageEmbedding, embed_image
-from .errors import InputError, WeightsUnavailableError
+from .errors import InputError, UntrustedWeightsWarning, WeightsUnavailableError
 from .imaging import to_rgb_uint8
 from .models import build as model_build
 from .models import download as weights
@@ -27,6 +28,7 @@ from .models.registry import DECODER_FILE, DEFAULT_ENCODER, DETECTOR_FILE, ENCOD
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("object-aware", "grid")
+MAX_IMGSZ = 4096  # detector input side; memory grows with its square
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -166,15 +168,14 @@ class MobileSAMv2:
     ):
         if encoder not in ENCODER_FILES:
             raise InputError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODER_FILES)}")
+        device = resolve_device(device)
         paths = _resolve_weights(encoder, encoder_weights, decoder_weights, detector_weights if load_detector else "",
                                  download)
+        # The detector first: an untrusted pickle is refused before anything is loaded.
+        detector = _load_detector(paths["detector"], trust_weights) if load_detector else None
         image_encoder = model_build.load_image_encoder(encoder, paths["encoder"])
         prompt_encoder, mask_decoder = model_build.load_prompt_decoder(paths["decoder"])
-        detector = None
-        if load_detector:
-            trusted = trust_weights or weights.is_known_file(DETECTOR_FILE, paths["detector"])
-            detector = model_build.load_detector(paths["detector"], trusted=trusted)
-        self._setup(image_encoder, prompt_encoder, mask_decoder, detector, resolve_device(device), encoder)
+        self._setup(image_encoder, prompt_encoder, mask_decoder, detector, device, encoder)
 
     @classmethod
     def from_modules(
@@ -223,8 +224,8 @@ class MobileSAMv2:
             raise InputError("this pipeline was built without the object-aware detector")
         _check_fraction("conf", conf)
         _check_fraction("iou", iou)
-        if imgsz < 32 or imgsz % 32:
-            raise InputError(f"imgsz must be a positive multiple of 32, not {imgsz}")
+        if not 32 <= imgsz <= MAX_IMGSZ or imgsz % 32:
+            raise InputError(f"imgsz must be a multiple of 32 from 32 to {MAX_IMGSZ} (default 1024), not {imgsz}")
         from .prompts.object_aware import detect_objects
 
         return detect_objects(
@@ -261,8 +262,14 @@ class MobileSAMv2:
         """
         if strategy not in STRATEGIES:
             raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, not {batch_size}")
         image_rgb = self.prepare_image(image, **conversion)
         shape = image_rgb.shape[:2]
+        if boxes_xyxy is None and image_rgb.min() == image_rgb.max():
+            log.warning("the image has the same value everywhere after conversion to 8 bit: no objects to find "
+                        "(check the plane, the channels and the normalization)")
+            return _empty_segmentation(shape, strategy)
         embedding = embedding if embedding is not None else self.embed(image_rgb)
         if strategy == "grid":
             return self._segment_grid(embedding, image_rgb, points_per_side)
@@ -347,7 +354,7 @@ def objects_from_prompts(
     """
     objects: list[ObjectPrompt] = []
     if points is not None and len(points):
-        points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+        points = _coordinates(points, 2, "points", "x, y")
         labels = np.ones(len(points), np.int64) if point_labels is None else np.asarray(point_labels, np.int64)
         if labels.shape != (len(points),) or not np.isin(labels, (0, 1)).all():
             raise InputError("point_labels must hold one 0 (background) or 1 (object) per point")
@@ -365,7 +372,7 @@ def objects_from_prompts(
                 if labels[member].max() == 1:
                     objects.append(ObjectPrompt(points[member], labels[member]))
     if boxes is not None:
-        for box in np.asarray(boxes, dtype=np.float32).reshape(-1, 4):
+        for box in _coordinates(boxes, 4, "boxes", "x0, y0, x1, y1"):
             objects.append(ObjectPrompt(box=box))
     return objects
 
@@ -390,6 +397,37 @@ def _resolve_weights(encoder, encoder_weights, decoder_weights, detector_weights
     return paths
 
 
+def _load_detector(path: str | os.PathLike, trust_weights: bool) -> torch.nn.Module:
+    """Unpickle the detector only if its sha256 is known or the user trusts it (with a warning)."""
+    known = weights.is_known_file(DETECTOR_FILE, path)
+    if trust_weights and not known:
+        warnings.warn(UntrustedWeightsWarning(
+            f"loading {path} although its sha256 is not the known {DETECTOR_FILE}'s, because you trust it: "
+            "a pickle can run arbitrary code, so use only files from a source you trust"
+        ), stacklevel=3)
+    return model_build.load_detector(path, trusted=known or trust_weights)
+
+
+def _empty_segmentation(shape: tuple[int, int], strategy: str) -> Segmentation:
+    empty = np.zeros(0, np.float32)
+    return Segmentation(np.zeros(shape, np.int32), [], np.zeros((0, 4), np.float32), empty, empty, empty,
+                        np.zeros(0, np.int64), strategy)
+
+
+def _coordinates(values, width: int, what: str, layout: str) -> np.ndarray:
+    """`values` as an (N, `width`) float32 array of finite numbers, else a clear InputError."""
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be numbers ({layout}), not {values!r:.60}") from None
+    if array.size % width:
+        raise InputError(f"{what} need {width} numbers each ({layout}); got an array of shape {array.shape}")
+    array = array.reshape(-1, width)
+    if not np.isfinite(array).all():
+        raise InputError(f"{what} must be finite numbers ({layout}); found NaN or infinity")
+    return array
+
+
 def _check_fraction(name: str, value: float) -> None:
     if not 0.0 <= float(value) <= 1.0:
         raise InputError(f"{name} must be between 0 and 1, not {value}")
@@ -397,9 +435,7 @@ def _check_fraction(name: str, value: float) -> None:
 
 def _check_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Clip boxes to the image, order their corners, drop the empty ones with a warning."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    if not np.isfinite(boxes).all():
-        raise InputError("boxes must be finite numbers (x0, y0, x1, y1)")
+    boxes = _coordinates(boxes, 4, "boxes", "x0, y0, x1, y1")
     h, w = shape
     x = np.sort(np.clip(boxes[:, [0, 2]], 0, w), axis=1)
     y = np.sort(np.clip(boxes[:, [1, 3]], 0, h), axis=1)
@@ -412,7 +448,7 @@ def _check_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _check_object(obj: ObjectPrompt, shape: tuple[int, int]) -> ObjectPrompt:
     h, w = shape
-    points = np.asarray(obj.points, np.float32).reshape(-1, 2)
+    points = _coordinates(obj.points, 2, "points", "x, y")
     inside = (points[:, 0] >= 0) & (points[:, 0] < w) & (points[:, 1] >= 0) & (points[:, 1] < h)
     if not inside.all():
         raise InputError(f"{int((~inside).sum())} point(s) lie outside the {w}x{h} (width x height) image")
@@ -420,7 +456,8 @@ def _check_object(obj: ObjectPrompt, shape: tuple[int, int]) -> ObjectPrompt:
     if obj.box is not None:
         checked = _check_boxes(obj.box, shape)
         if len(checked) == 0:
-            raise InputError(f"the box {list(np.round(obj.box, 1))} has no area inside the image")
+            box = ", ".join(f"{v:g}" for v in np.asarray(obj.box, np.float64).reshape(-1))
+            raise InputError(f"the box ({box}) has no area inside the {w}x{h} (width x height) image")
         box = checked[0]
     return ObjectPrompt(points, np.asarray(obj.labels, np.int64).reshape(-1), box)
 

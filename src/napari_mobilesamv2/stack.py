@@ -134,8 +134,8 @@ def link_planes(
     stack_shape = planes.shape[:-2]
     flat = planes.reshape(-1, *planes.shape[-2:])
     ids_per_plane = [np.unique(p[p != 0]).astype(np.int64) for p in flat]
-    plane = np.concatenate([np.full(len(ids), i, np.int64) for i, ids in enumerate(ids_per_plane)] + [np.zeros(0, np.int64)])
-    local_id = np.concatenate(ids_per_plane + [np.zeros(0, np.int64)])
+    plane = np.repeat(np.arange(len(flat), dtype=np.int64), [len(ids) for ids in ids_per_plane])
+    local_id = np.concatenate([*ids_per_plane, np.zeros(0, np.int64)])
     node_of = {(int(p), int(i)): n for n, (p, i) in enumerate(zip(plane, local_id))}
     parent = np.arange(len(local_id))
     for first, second in neighbour_pairs(stack_shape, axes):

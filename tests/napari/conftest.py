@@ -28,8 +28,15 @@ from napari_mobilesamv2.napari import set_pipeline_factory
 from napari_mobilesamv2.napari._models import forget_opencv_qt_paths
 from napari_mobilesamv2.pipeline import build_segmentation, objects_from_prompts
 
-# The detector fixture imports cv2, whose Qt paths would abort the napari window.
-forget_opencv_qt_paths()
+
+
+@pytest.fixture(autouse=True)
+def _napari_qt_paths():
+    """cv2 (imported by the detector) points Qt at its own plugins, which aborts napari's window."""
+    forget_opencv_qt_paths()
+
+
+CONVERSION_KEYWORDS = ("normalization", "channel_axis", "channels", "contrast_limits")
 
 
 class BlobPipeline:
@@ -69,7 +76,7 @@ class BlobPipeline:
         return np.array(boxes, np.float32).reshape(-1, 4), np.linspace(0.9, 0.5, n).astype(np.float32)
 
     def segment_everything(self, image, *, max_prompts=320, boxes_xyxy=None, embedding=None, **kwargs):
-        conversion = {k: v for k, v in kwargs.items() if k in ("normalization", "channel_axis", "channels", "contrast_limits")}
+        conversion = {k: v for k, v in kwargs.items() if k in CONVERSION_KEYWORDS}
         rgb = self.prepare_image(image, **conversion)
         embedding = embedding if embedding is not None else self.embed(rgb)
         scores = None

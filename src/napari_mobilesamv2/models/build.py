@@ -160,6 +160,9 @@ def load_detector(path: str | os.PathLike, *, trusted: bool) -> torch.nn.Module:
     The file is a full Python pickle (it can run code when loaded). Callers decide
     trust first: a registry file whose sha256 matches, or an explicit user opt-in.
     """
+    if not os.path.isfile(path):
+        problem = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise CheckpointError(f"{path} {problem}; expected the detector file ObjectAwareModel.pt")
     if not trusted:
         raise UntrustedWeightsError(
             f"{path} is a pickled detector checkpoint whose sha256 is not a known ObjectAwareModel.pt; "

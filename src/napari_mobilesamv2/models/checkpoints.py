@@ -92,17 +92,24 @@ def load_strict(
     CheckpointError
         Listing missing keys, unexpected keys and shape mismatches.
     """
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"{source} does not fit: expected {expected}; found a {type(state).__name__} where tensors should be"
+        )
     own = module.state_dict()
     missing = [k for k in own if k not in state and not k.startswith(ignore_missing)]
     unexpected = [k for k in state if k not in own]
+    not_tensor = [f"{k} ({type(state[k]).__name__})" for k in own if k in state and not torch.is_tensor(state[k])]
     wrong_shape = [
         f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
         for k in own
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+        if k in state and torch.is_tensor(state[k]) and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or wrong_shape:
+    if missing or unexpected or wrong_shape or not_tensor:
         parts = [f"{source} does not fit: expected {expected}."]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+        groups = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape),
+                  ("non-tensor", not_tensor))
+        for label, keys in groups:
             if keys:
                 listed = ", ".join(keys[:_MAX_LISTED]) + (", ..." if len(keys) > _MAX_LISTED else "")
                 parts.append(f"{len(keys)} {label} keys: {listed}.")

@@ -40,14 +40,18 @@ def cached_path(name: str) -> Path:
     return cache_dir() / weight_file(name).name
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) so big files hash once."""
+def sha256_of(path: str | os.PathLike, *, remembered: bool = True) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so big files hash once.
+
+    With ``remembered=False`` the file is always read and hashed (used for pickles,
+    whose hash decides whether they may be unpickled).
+    """
     path = Path(path).resolve()
     stat = path.stat()
     key = str(path)
     memo = _read_json(cache_dir() / _HASH_CACHE_FILE)
     hit = memo.get(key)
-    if hit and hit["size"] == stat.st_size and hit["mtime_ns"] == stat.st_mtime_ns:
+    if remembered and hit and hit["size"] == stat.st_size and hit["mtime_ns"] == stat.st_mtime_ns:
         return hit["sha256"]
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -72,7 +76,7 @@ def expected_sha256(name: str) -> str | None:
 def is_known_file(name: str, path: str | os.PathLike) -> bool:
     """True if `path` has the published or pinned sha256 of registry file `name`."""
     expected = expected_sha256(name)
-    return expected is not None and sha256_of(path) == expected
+    return expected is not None and sha256_of(path, remembered=not weight_file(name).pickled) == expected
 
 
 def verify(name: str, path: str | os.PathLike | None = None) -> str:
@@ -85,7 +89,7 @@ def verify(name: str, path: str | os.PathLike | None = None) -> str:
     if not path.is_file():
         raise WeightsUnavailableError(missing_message([name]))
     expected = expected_sha256(name)
-    actual = sha256_of(path)
+    actual = sha256_of(path, remembered=not weight_file(name).pickled)
     if expected is None:
         return f"{name}: no published hash and not pinned yet (sha256 {actual})"
     if actual != expected:
@@ -129,7 +133,11 @@ def fetch(name: str, *, download: bool = True, progressbar: bool = True) -> Path
     else:
         raise WeightsUnavailableError(missing_message([name], errors))
     if entry.sha256 is None and pinned_sha256(name) is None:
-        _pin(entry, target)
+        try:
+            _pin(entry, target)
+        except WeightsUnavailableError:
+            target.unlink(missing_ok=True)  # an unpinned download could never be checked again
+            raise
     return target
 
 

@@ -30,8 +30,8 @@ from .api import (
 forget_opencv_qt_paths()
 
 __all__ = [
-    "EMBEDDINGS", "EverythingOptions", "forget_opencv_qt_paths", "ImageSettings", "ModelSettings", "SegmentAnythingWidget",
-    "SegmentEverythingWidget", "coins", "decode_boxes", "get_pipeline", "nuclei_2d", "nuclei_3d", "nuclei_timelapse",
-    "prepare_anything", "prepare_decode_boxes", "prepare_everything", "prepare_show_boxes", "segment_anything",
-    "segment_everything", "set_pipeline_factory", "show_boxes",
+    "EMBEDDINGS", "EverythingOptions", "ImageSettings", "ModelSettings", "SegmentAnythingWidget",
+    "SegmentEverythingWidget", "coins", "decode_boxes", "forget_opencv_qt_paths", "get_pipeline", "nuclei_2d",
+    "nuclei_3d", "nuclei_timelapse", "prepare_anything", "prepare_decode_boxes", "prepare_everything",
+    "prepare_show_boxes", "segment_anything", "segment_everything", "set_pipeline_factory", "show_boxes",
 ]

@@ -287,7 +287,7 @@ def _full_index(key: tuple, region_index: tuple[np.ndarray, ...]) -> tuple[np.nd
     return tuple(full)
 
 
-def object_features(table: dict[str, np.ndarray], id_map: dict[int, int], labels: np.ndarray, where: str) -> pd.DataFrame:
+def object_features(table: dict[str, np.ndarray], id_map: dict[int, int], labels: np.ndarray) -> pd.DataFrame:
     """Rows of the labels layer's features for newly written, visible objects.
 
     ``index`` (napari's key from label value to row) and ``id`` hold the written id;
@@ -297,7 +297,7 @@ def object_features(table: dict[str, np.ndarray], id_map: dict[int, int], labels
     written = np.array([id_map.get(int(i), 0) for i in ids], dtype=np.int64)
     counts = np.bincount(np.asarray(labels).ravel().astype(np.int64), minlength=int(written.max(initial=0)) + 1)
     present = (written > 0) & (counts[written] > 0)  # objects hidden by others get no row
-    slices = table.get("slice", np.full(len(ids), where, dtype=object))
+    slices = table.get("slice", np.full(len(ids), "", dtype=object))
     frame = pd.DataFrame({
         "index": written,
         "id": written,

@@ -11,9 +11,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
@@ -102,7 +113,9 @@ class ImageControls(Container):
             channels = tuple(int(c) for c in text.replace(" ", ",").split(",") if c) or None
         except ValueError:
             raise InputError(f"channels must be integers separated by commas, not {text!r}") from None
-        return {"normalization": self.normalization.value, "channel_axis": self.channel_axis.value, "channels": channels}
+        return {
+            "normalization": self.normalization.value, "channel_axis": self.channel_axis.value, "channels": channels,
+        }
 
     def selected_image(self) -> Image:
         if self.image.value is None:
@@ -154,7 +167,8 @@ class JobWidget(Container):
             self._report(error)
             return
         self.last_error = None
-        worker = create_worker(_carry_errors(job.steps), _progress={"total": job.total, "desc": job.description}, _ignore_errors=True)
+        progress = {"total": job.total, "desc": job.description}
+        worker = create_worker(_carry_errors(job.steps), _progress=progress, _ignore_errors=True)
         worker.returned.connect(lambda result: self._apply(job, result, then))
         worker.errored.connect(self._report)
         worker.aborted.connect(lambda: self._set_status("cancelled; nothing was changed"))
@@ -300,8 +314,13 @@ class SegmentAnythingWidget(JobWidget):
         self.negative.changed.connect(self._apply_point_sign)
         self.points.changed.connect(self._apply_point_sign)
         self.run_button.changed.connect(self.run)
-        viewer.bind_key(RUN_ANYTHING_KEY, lambda _viewer: self.run(), overwrite=True)
-        viewer.bind_key(TOGGLE_NEGATIVE_KEY, lambda _viewer: self._toggle_negative(), overwrite=True)
+        bindings = {
+            RUN_ANYTHING_KEY: lambda _viewer: self.run(),
+            TOGGLE_NEGATIVE_KEY: lambda _viewer: self._toggle_negative(),
+        }
+        for key, action in bindings.items():
+            viewer.bind_key(key, action, overwrite=True)
+        self.native.destroyed.connect(partial(_unbind_keys, viewer, bindings))
 
     def settings(self) -> dict:
         return {**self.images.settings(), **self.model.settings()}
@@ -369,6 +388,14 @@ class SegmentAnythingWidget(JobWidget):
             used_points, used_shapes = self._used
             _remove(self.points.value, used_points)
             _remove(self.shapes.value, used_shapes)
+
+
+def _unbind_keys(viewer, bindings: dict, *_) -> None:
+    """Remove our key bindings when the widget goes, leaving any others in place."""
+    for key, action in bindings.items():
+        previous = viewer.bind_key(key, None)
+        if previous is not None and previous is not action:
+            viewer.bind_key(key, previous)
 
 
 def _remove(layer, indices: np.ndarray) -> None:

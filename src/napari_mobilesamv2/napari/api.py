@@ -299,7 +299,7 @@ def apply_labels(
         id_map = write_labels(output, result.labels, result.key, policy)
         layer = output
     written = np.asarray(layer.data[result.key])
-    add_features(layer, object_features(result.table, id_map, written, ""))
+    add_features(layer, object_features(result.table, id_map, written))
     return layer
 
 
@@ -325,7 +325,8 @@ def prepare_anything(
     view = image_view(image, viewer, image_settings)
     check_output(view, output)
     plane = _plane(view, viewer, plane)
-    prompts = points_on_plane(points, view, plane) if points is not None else PointPrompts(np.zeros((0, 2)), np.zeros(0))
+    no_points = PointPrompts(np.zeros((0, 2)), np.zeros(0, np.int64))
+    prompts = points_on_plane(points, view, plane) if points is not None else no_points
     boxes = shapes_to_boxes(shapes, view, plane)[0] if shapes is not None else np.zeros((0, 4), np.float32)
     if not (prompts.labels == 1).any() and not len(boxes):
         raise InputError(

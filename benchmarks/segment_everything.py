@@ -124,6 +124,25 @@ def reference_predict_torch(prompt_encoder, mask_decoder, image_encoder, embeddi
     return assemble_labels(crops, embedding.original_size)[0]
 
 
+def stack_run(depth: int, size: int, boxes_per_plane: int, encoder_name: str) -> dict:
+    """Segment a (depth, size, size) stack plane by plane, then link ids through it."""
+    from napari_mobilesamv2 import MobileSAMv2
+    from napari_mobilesamv2.stack import link_planes
+
+    torch.manual_seed(1)
+    pipeline = MobileSAMv2.from_modules(build_image_encoder(encoder_name), build_prompt_encoder(),
+                                        build_mask_decoder(), device="cpu", encoder_name=encoder_name)
+    stack = np.stack([synthetic_image(size, seed=z)[..., 0] for z in range(depth)])
+    boxes = random_boxes(boxes_per_plane, size, seed=5)
+    start = time.perf_counter()
+    planes = np.stack([pipeline.segment_everything(plane, boxes_xyxy=boxes).labels for plane in stack])
+    segmented = time.perf_counter()
+    link_planes(planes)
+    linked = time.perf_counter()
+    return {"planes": depth, "segment_seconds_per_plane": (segmented - start) / depth,
+            "link_seconds_per_plane": (linked - segmented) / depth}
+
+
 def machine_description() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}, "
@@ -160,6 +179,9 @@ def run(args: argparse.Namespace) -> dict:
         with measured(results, f"grid_{grid}"):
             found = grid_everything(prompt_encoder, mask_decoder, embedding, image, points_per_side=grid)
             assemble_labels(found["crops"], embedding.original_size)
+    for depth in args.stack_depths:
+        results.setdefault("stack", []).append(
+            stack_run(depth, args.stack_size, args.stack_boxes, args.stack_encoder))
     return results
 
 
@@ -175,6 +197,8 @@ def report(results: dict, args: argparse.Namespace) -> dict:
         "peak_rss_mb": memory,
         "speedup_vs_object_aware": {k: seconds[k] / seconds["object_aware"] for k in decoders if k != "object_aware"},
     }
+    if "stack" in results:
+        summary["stack"] = results["stack"]
     if "labels_identical_to_reference" in results:
         summary["labels_identical_to_reference"] = results["labels_identical_to_reference"]
     print(f"machine: {summary['machine']}")
@@ -184,6 +208,9 @@ def report(results: dict, args: argparse.Namespace) -> dict:
         ratio = summary["speedup_vs_object_aware"].get(name)
         print(f"| {name} | {seconds[name]:.3f} | {memory.get(name, float('nan')):.0f} | "
               f"{f'{ratio:.1f}x' if ratio else '-'} |")
+    for row in summary.get("stack", []):
+        print(f"stack of {row['planes']} planes: {row['segment_seconds_per_plane']:.3f} s/plane segmenting, "
+              f"{row['link_seconds_per_plane'] * 1000:.2f} ms/plane linking")
     return summary
 
 
@@ -200,6 +227,11 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--skip-detector", action="store_true")
+    parser.add_argument("--stack-depths", default="", type=lambda s: [int(d) for d in s.split(",") if d],
+                        help="also time whole-stack runs of these depths, e.g. 8,64")
+    parser.add_argument("--stack-size", type=int, default=256)
+    parser.add_argument("--stack-boxes", type=int, default=16)
+    parser.add_argument("--stack-encoder", default="tiny_vit")
     args = parser.parse_args(argv)
     summary = report(run(args), args)
     if args.json:

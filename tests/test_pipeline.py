@@ -161,3 +161,38 @@ def test_model_files_and_trust(tmp_path, sam_decoder, monkeypatch):
         MobileSAMv2("tiny_vit", **{**files, "decoder_weights": tmp_path / "nope.pt"})
     with pytest.raises(InputError, match="unknown encoder"):
         MobileSAMv2("vit_z")
+
+
+def test_mps_operator_gap_falls_back_to_cpu_for_that_step(tiny_encoder, sam_decoder, detector, cells, caplog):
+    """Simulated: the pipeline believes it is on MPS and the encoder raises like a missing MPS operator."""
+
+    class GappyEncoder(torch.nn.Module):
+        img_size = 1024
+
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny_encoder
+
+        def forward(self, x):
+            if not getattr(self, "is_cpu_copy", False):
+                raise NotImplementedError("The operator 'aten::upsample' is not currently implemented for the MPS device")
+            return self.inner(x)
+
+    gappy = GappyEncoder()
+    pipeline = MobileSAMv2.from_modules(gappy, *sam_decoder, detector, device="cpu")
+    pipeline.device = torch.device("mps")
+    make_cpu_copy = pipeline._steps._on_cpu
+
+    def mark_copy(module):
+        copy = make_cpu_copy(module)
+        copy.is_cpu_copy = True
+        return copy
+
+    pipeline._steps._on_cpu = mark_copy
+    embedding = pipeline.embed(pipeline.prepare_image(cells))
+    expected = MobileSAMv2.from_modules(tiny_encoder, *sam_decoder, detector).embed(pipeline.prepare_image(cells))
+    assert torch.equal(embedding.features, expected.features)
+    assert "image encoder: an operator is missing on MPS" in caplog.text
+    pipeline.device = torch.device("cpu")
+    with pytest.raises(NotImplementedError):
+        pipeline.embed(pipeline.prepare_image(cells))

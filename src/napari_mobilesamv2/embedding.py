@@ -36,6 +36,10 @@ class ImageEmbedding:
     def device(self) -> torch.device:
         return self.features.device
 
+    def to(self, device: torch.device | str) -> "ImageEmbedding":
+        """The same embedding with its features on `device`."""
+        return ImageEmbedding(self.features.to(device), self.input_size, self.original_size)
+
 
 def preprocess(image_rgb: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
     """Resize the longest side to 1024, normalise with SAM's mean/std and pad to 1024².

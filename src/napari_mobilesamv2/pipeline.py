@@ -18,6 +18,7 @@ import torch
 from .decode.labels import assemble_labels
 from .decode.masks import MaskCrop
 from .decode.prompted import DecodedMasks, ObjectPrompt, decode_boxes, decode_object_prompts
+from .devices import CpuFallback
 from .embedding import ImageEmbedding, embed_image
 from .errors import InputError, UntrustedWeightsWarning, WeightsUnavailableError
 from .imaging import to_rgb_uint8
@@ -194,6 +195,7 @@ class MobileSAMv2:
         return self
 
     def _setup(self, image_encoder, prompt_encoder, mask_decoder, detector, device, encoder_name):
+        self._steps = CpuFallback()
         self.device = device
         self.encoder_name = encoder_name
         self.image_encoder = image_encoder.to(device).eval()
@@ -214,7 +216,8 @@ class MobileSAMv2:
 
     def embed(self, image_rgb: np.ndarray) -> ImageEmbedding:
         """Image embedding of a prepared (H, W, 3) uint8 image."""
-        return embed_image(self.image_encoder, image_rgb)
+        return self._steps.run("image encoder", self.device, lambda encoder, _: embed_image(encoder, image_rgb),
+                               self.image_encoder)
 
     def detect(
         self, image_rgb: np.ndarray, *, conf: float = 0.4, iou: float = 0.9, imgsz: int = 1024, max_det: int = 300
@@ -228,8 +231,12 @@ class MobileSAMv2:
             raise InputError(f"imgsz must be a multiple of 32 from 32 to {MAX_IMGSZ} (default 1024), not {imgsz}")
         from .prompts.object_aware import detect_objects
 
-        return detect_objects(
-            self.detector, image_rgb, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=self.device
+        return self._steps.run(
+            "detector", self.device,
+            lambda detector, device: detect_objects(
+                detector, image_rgb, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device
+            ),
+            self.detector,
         )
 
     # -- segment everything ---------------------------------------------------------------------
@@ -281,7 +288,11 @@ class MobileSAMv2:
         else:
             boxes_xyxy = _check_boxes(boxes_xyxy, shape)
             scores = np.full(len(boxes_xyxy), np.nan, np.float32)
-        decoded = decode_boxes(self.prompt_encoder, self.mask_decoder, embedding, boxes_xyxy, batch_size)
+        decoded = self._steps.run(
+            "mask decoder", self.device,
+            lambda pe, md, device: decode_boxes(pe, md, embedding.to(device), boxes_xyxy, batch_size),
+            self.prompt_encoder, self.mask_decoder,
+        )
         keep = _quality_filter(decoded, min_predicted_iou, min_stability, min_area)
         if not keep.all():
             decoded, boxes_xyxy, scores = filter_objects(decoded, keep), boxes_xyxy[keep], scores[keep]
@@ -313,7 +324,11 @@ class MobileSAMv2:
         shape = image_rgb.shape[:2]
         objects = [_check_object(o, shape) for o in objects]
         embedding = embedding if embedding is not None else self.embed(image_rgb)
-        decoded = decode_object_prompts(self.prompt_encoder, self.mask_decoder, embedding, objects)
+        decoded = self._steps.run(
+            "mask decoder", self.device,
+            lambda pe, md, device: decode_object_prompts(pe, md, embedding.to(device), objects),
+            self.prompt_encoder, self.mask_decoder,
+        )
         boxes = np.array([_prompt_box(o, c) for o, c in zip(objects, decoded.crops)], np.float32).reshape(-1, 4)
         return build_segmentation(decoded, boxes, np.full(len(objects), np.nan, np.float32), shape, "prompts")
 

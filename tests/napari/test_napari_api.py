@@ -297,3 +297,18 @@ def test_bad_settings_and_outputs_are_refused(make_napari_viewer, blob_pipeline)
     wrong = viewer.add_labels(np.zeros((10, 10), np.int32))
     with pytest.raises(InputError, match="shape"):
         segment_everything(image, viewer, output=wrong)
+
+
+def test_the_scripting_example_runs(make_napari_viewer, blob_pipeline, monkeypatch, tmp_path):
+    """docs/scripting_example.py, with the blob stand-in instead of downloaded weights."""
+    import runpy
+    from pathlib import Path
+
+    import napari
+
+    example = runpy.run_path(str(Path(__file__).parents[2] / "docs" / "scripting_example.py"))
+    monkeypatch.setattr(napari, "Viewer", lambda show=False: make_napari_viewer())
+    viewer, labels = example["main"](save=str(tmp_path / "labels.tif"))
+    assert labels.data.shape == (20, 128, 128) and labels.data.max() > 0
+    assert (tmp_path / "labels.tif").exists()
+    assert [layer.name for layer in viewer.layers][:2] == ["nuclei 3D", "nuclei 3D objects"]

@@ -354,7 +354,7 @@ class SegmentAnythingWidget(JobWidget):
             ndim=view.ndim, name=f"{name} prompts", features={"positive": np.zeros(0, bool)},
             feature_defaults={"positive": True}, face_color="positive",
             face_color_cycle={True: "lime", False: "red"}, border_color="white",
-            size=max(3.0, min(view.data.shape[a] for a in view.plane_axes) / 64), **transform,
+            size=max(4.0, min(view.data.shape[a] for a in view.plane_axes) / 40), **transform,
         )
         self.points.reset_choices()
         self.shapes.reset_choices()

@@ -293,7 +293,7 @@ def apply_labels(
         id_map = {int(i): int(i) for i in result.table["id"]}
         layer = Labels(data, name=name, **view.labels_transform())
         if viewer is not None:
-            layer = viewer.add_layer(layer)
+            _add_above(viewer, layer, view.layer)
     else:
         check_output(view, output)
         id_map = write_labels(output, result.labels, result.key, policy)
@@ -477,6 +477,12 @@ def _has_area(boxes: np.ndarray, view: ImageView) -> np.ndarray:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _add_above(viewer, layer, image: Image) -> None:
+    """Insert `layer` just above `image`, so prompt layers drawn on top stay visible."""
+    index = viewer.layers.index(image) + 1 if image in viewer.layers else len(viewer.layers)
+    viewer.layers.insert(index, layer)
 
 
 def _plane(view: ImageView, viewer, plane: Plane | None) -> Plane:

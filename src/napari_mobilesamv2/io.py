@@ -22,15 +22,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path} does not exist; check the path and the file name")
     try:
         if path.name.lower().endswith(TIFF_SUFFIXES):
-            return tifffile.imread(path)
-        import skimage.io
+            image = tifffile.imread(path)
+        else:
+            import skimage.io
 
-        return np.asarray(skimage.io.imread(path))
+            image = np.asarray(skimage.io.imread(path))
     except Exception as exc:  # every reader has its own exception types
         raise InputError(
             f"cannot read {path} as an image ({type(exc).__name__}: {_first_line(exc)}); "
             "it may be truncated or not an image; save it again as TIFF or PNG"
         ) from None
+    if image.size == 0:
+        raise InputError(
+            f"cannot read {path} as an image: it holds no pixels (shape {image.shape}); "
+            "it may be truncated or not an image; save it again as TIFF or PNG"
+        )
+    return image
 
 
 def _first_line(exc: BaseException) -> str:

@@ -169,6 +169,11 @@ def load_detector(path: str | os.PathLike, *, trusted: bool) -> torch.nn.Module:
             "loading a pickle can run arbitrary code. If you trust this file, pass "
             "--trust-weights (CLI) or trust_weights=True (Python), or tick 'Trust weights' in napari."
         )
-    from .detector import load_object_aware_model
+    from .detector import EXPECTED_FORMAT, load_object_aware_model
 
-    return load_object_aware_model(path)
+    try:
+        return load_object_aware_model(path)
+    except OSError as error:  # e.g. a truncated zip archive
+        raise CheckpointError(
+            f"{path} cannot be read as a detector checkpoint ({error}); it may be truncated; expected {EXPECTED_FORMAT}"
+        ) from error

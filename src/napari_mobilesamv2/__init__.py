@@ -1,5 +1,7 @@
 """napari-mobilesamv2: MobileSAMv2 segment everything / anything, headless and in napari."""
 
+from . import _llvm_guard  # noqa: F401  (first, before torch: napari on Mesa OpenGL, see the module)
+
 from .decode.prompted import ObjectPrompt
 from .embedding import ImageEmbedding
 from .errors import (

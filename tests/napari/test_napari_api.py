@@ -201,8 +201,10 @@ def test_contrast_limit_normalization_uses_the_layer_limits(make_napari_viewer):
     view = image_view(image, viewer, ImageSettings(normalization="contrast_limits"))
     assert view.conversion() == {"normalization": "contrast_limits", "contrast_limits": (5.0, 250.0)}
     image.contrast_limits = (0, 100)
-    assert view.conversion()["contrast_limits"] == (0.0, 100.0)
-    assert view.cache_key(()) != image_view(image, viewer).cache_key(())
+    assert view.conversion()["contrast_limits"] == (5.0, 250.0)  # a run uses the limits it started with
+    later = image_view(image, viewer, ImageSettings(normalization="contrast_limits"))
+    assert later.conversion()["contrast_limits"] == (0.0, 100.0)
+    assert later.cache_key(()) != view.cache_key(()) != image_view(image, viewer).cache_key(())
 
 
 def test_segment_anything_with_positive_negative_points_and_boxes(make_napari_viewer, blob_pipeline):

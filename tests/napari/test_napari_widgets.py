@@ -201,3 +201,13 @@ def test_segment_anything_without_prompts_says_what_to_do(make_napari_viewer, bl
     widget.run()
     assert not widget.is_running and "no prompts" in widget.last_error
     assert widget.output.value is None and len(viewer.layers) == 3
+
+
+def test_closing_the_widgets_releases_keys_and_events(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs())
+    dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment anything")
+    assert any("S" in str(k) and "Shift" in str(k) for k in viewer.keymap)
+    viewer.window.remove_dock_widget(dock_widget)
+    qtbot.waitUntil(lambda: not any("Shift" in str(k) for k in viewer.keymap), timeout=5000)
+    viewer.layers.selection.active = viewer.add_image(blobs(), name="another")  # no callback into a dead widget

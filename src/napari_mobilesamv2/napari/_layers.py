@@ -49,11 +49,16 @@ class ImageSettings:
 
 @dataclass(frozen=True)
 class ImageView:
-    """How to read planes of one image layer and where their labels go."""
+    """How to read planes of one image layer and where their labels go.
+
+    `contrast_limits` is the layer's at the time the view was made, so that a run
+    in a worker thread does not depend on later changes in the viewer.
+    """
 
     layer: Image
     plane_axes: tuple[int, int]
     settings: ImageSettings = field(default_factory=ImageSettings)
+    contrast_limits: tuple[float, float] = (0.0, 255.0)
 
     @property
     def data(self) -> Any:
@@ -115,7 +120,7 @@ class ImageView:
         settings = self.settings
         conversion: dict[str, Any] = {"normalization": settings.normalization}
         if settings.normalization == "contrast_limits":
-            conversion["contrast_limits"] = tuple(float(c) for c in self.layer.contrast_limits)
+            conversion["contrast_limits"] = self.contrast_limits
         if self.channel_axis is not None:
             kept = sorted((*self.plane_axes, self.channel_axis))
             conversion["channel_axis"] = kept.index(self.channel_axis)
@@ -173,7 +178,8 @@ def image_view(
             f"axis {channel_axis} is displayed, so it cannot be the channel axis; "
             "pick a channel axis that has a slider"
         )
-    view = ImageView(layer, plane_axes, settings)  # type: ignore[arg-type]
+    limits = tuple(float(c) for c in layer.contrast_limits)
+    view = ImageView(layer, plane_axes, settings, limits)  # type: ignore[arg-type]
     _check_channels(view)
     return view
 

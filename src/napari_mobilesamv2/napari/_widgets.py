@@ -91,6 +91,9 @@ class ImageControls(Container):
         self.image.changed.connect(self.channel_axis.reset_choices)
         self._follow_active_image()
         viewer.layers.selection.events.active.connect(self._follow_active_image)
+        self.native.destroyed.connect(lambda *_: viewer.layers.selection.events.active.disconnect(
+            self._follow_active_image
+        ))
 
     def _axis_choices(self, _widget=None):
         layer = self.image.value
@@ -163,7 +166,7 @@ class JobWidget(Container):
             return
         try:
             job = make_job()
-        except MobileSAMv2Error as error:
+        except Exception as error:  # noqa: BLE001 - shown as a notification, nothing started
             self._report(error)
             return
         self.last_error = None

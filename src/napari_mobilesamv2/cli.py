@@ -107,7 +107,8 @@ def _channel_list(text: str) -> list[int]:
     try:
         return [int(c) for c in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated channel numbers such as 0,2, not {text!r}") from None
+        message = f"expected comma-separated channel numbers such as 0,2, not {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:

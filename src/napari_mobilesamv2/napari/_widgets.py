@@ -28,6 +28,8 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QWidget
 
 from ..errors import InputError, MobileSAMv2Error
 from ..imaging import NORMALIZATIONS
@@ -91,9 +93,10 @@ class ImageControls(Container):
         self.image.changed.connect(self.channel_axis.reset_choices)
         self._follow_active_image()
         viewer.layers.selection.events.active.connect(self._follow_active_image)
-        self.native.destroyed.connect(lambda *_: viewer.layers.selection.events.active.disconnect(
-            self._follow_active_image
-        ))
+
+    def release(self) -> None:
+        """Stop following the viewer (the widget is being closed)."""
+        self.viewer.layers.selection.events.active.disconnect(self._follow_active_image)
 
     def _axis_choices(self, _widget=None):
         layer = self.image.value
@@ -143,6 +146,30 @@ class ModelControls(Container):
         return {"encoder": self.encoder.value, "device": self.device.value, "trust_weights": self.trust_weights.value}
 
 
+class _ClosingWatch(QObject):
+    """Calls `callback` once when `widget` leaves its dock or is destroyed.
+
+    Closing a napari dock widget takes the widget out of the dock (its parent
+    becomes None) without deleting it.
+    """
+
+    def __init__(self, widget: QWidget, callback: Callable[[], None]):
+        super().__init__(widget)
+        self._callback: Callable[[], None] | None = callback
+        widget.installEventFilter(self)
+        widget.destroyed.connect(self._fire)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.ParentChange and watched.parent() is None:
+            self._fire()
+        return False
+
+    def _fire(self, *_) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
 class JobWidget(Container):
     """Base: runs :class:`~.api.Job` objects in a thread worker, one at a time."""
 
@@ -154,6 +181,14 @@ class JobWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.changed.connect(self.cancel)
         self.last_error: str | None = None
+        self._on_close: list[Callable[[], None]] = []
+        self._watch = _ClosingWatch(self.native, self._close)
+
+    def _close(self) -> None:
+        """The dock was closed: stop a run and drop our hooks into the viewer."""
+        self.cancel()
+        while self._on_close:
+            self._on_close.pop()()
 
     @property
     def is_running(self) -> bool:
@@ -223,6 +258,7 @@ class SegmentEverythingWidget(JobWidget):
         super().__init__(napari_viewer)
         viewer = napari_viewer
         self.images = ImageControls(viewer)
+        self._on_close.append(self.images.release)
         self.model = ModelControls()
         self.strategy = ComboBox(label="strategy", choices=STRATEGIES, value="object-aware")
         self.conf = FloatSpinBox(label="detector conf", value=0.4, min=0.0, max=1.0, step=0.05)
@@ -300,6 +336,7 @@ class SegmentAnythingWidget(JobWidget):
         super().__init__(napari_viewer)
         viewer = napari_viewer
         self.images = ImageControls(viewer)
+        self._on_close.append(self.images.release)
         self.model = ModelControls()
         self.points = ComboBox(label="points", choices=_layers_of(viewer, Points, "none"))
         self.shapes = ComboBox(label="boxes", choices=_layers_of(viewer, Shapes, "none"))
@@ -323,7 +360,7 @@ class SegmentAnythingWidget(JobWidget):
         }
         for key, action in bindings.items():
             viewer.bind_key(key, action, overwrite=True)
-        self.native.destroyed.connect(partial(_unbind_keys, viewer, bindings))
+        self._on_close.append(partial(_unbind_keys, viewer, bindings))
 
     def settings(self) -> dict:
         return {**self.images.settings(), **self.model.settings()}

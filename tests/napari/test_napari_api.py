@@ -314,3 +314,13 @@ def test_the_scripting_example_runs(make_napari_viewer, blob_pipeline, monkeypat
     assert labels.data.shape == (20, 128, 128) and labels.data.max() > 0
     assert (tmp_path / "labels.tif").exists()
     assert [layer.name for layer in viewer.layers][:2] == ["nuclei 3D", "nuclei 3D objects"]
+
+
+def test_segment_anything_on_a_channel_of_a_multichannel_layer(make_napari_viewer, blob_pipeline):
+    viewer = make_napari_viewer()
+    channels = np.stack([blobs(centres=((20, 20),)), blobs(centres=((40, 60),))])
+    image = viewer.add_image(channels)
+    points = viewer.add_points([[1, 40, 60]])  # clicked while showing channel 1
+    labels = segment_anything(image, viewer, points=points, channel_axis=0, channels=(1,))
+    assert labels.data.shape == (1, 64, 96)
+    assert labels.data[0, 40, 60] == 1 and labels.data[0, 20, 20] == 0

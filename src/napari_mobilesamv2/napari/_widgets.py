@@ -36,7 +36,7 @@ from ..imaging import NORMALIZATIONS
 from ..models.registry import DEFAULT_ENCODER, ENCODERS
 from ..pipeline import STRATEGIES
 from . import api
-from ._layers import current_plane, image_view, points_on_plane, shapes_to_boxes
+from ._layers import ImageSettings, current_plane, image_view, points_on_plane, shapes_to_boxes
 
 log = logging.getLogger(__name__)
 
@@ -361,16 +361,20 @@ class SegmentAnythingWidget(JobWidget):
         for key, action in bindings.items():
             viewer.bind_key(key, action, overwrite=True)
         self._on_close.append(partial(_unbind_keys, viewer, bindings))
+        self._used = (np.zeros(0, int), np.zeros(0, int))
 
     def settings(self) -> dict:
         return {**self.images.settings(), **self.model.settings()}
+
+    def _view(self):
+        return image_view(self.images.selected_image(), self.viewer, ImageSettings(**self.images.settings()))
 
     def run(self) -> None:
         """Segment the prompted objects of the current plane (in a worker)."""
 
         def make_job():
             image = self.images.selected_image()
-            self._used = self._prompts_on_plane(image)
+            self._used = self._prompts_on_plane()
             return api.prepare_anything(
                 image, self.viewer, points=self.points.value, shapes=self.shapes.value, output=self.output.value,
                 policy=self.policy.value, **self.settings(),
@@ -381,7 +385,7 @@ class SegmentAnythingWidget(JobWidget):
     def add_prompt_layers(self) -> None:
         """Add a Points layer (green positive / red negative) and a Shapes layer for boxes."""
         try:
-            view = image_view(self.images.selected_image(), self.viewer, None)
+            view = self._view()
         except MobileSAMv2Error as error:
             self._report(error)
             return
@@ -412,9 +416,9 @@ class SegmentAnythingWidget(JobWidget):
         if isinstance(points, Points) and "positive" in points.features:
             points.feature_defaults = {"positive": not self.negative.value}
 
-    def _prompts_on_plane(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
+    def _prompts_on_plane(self) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the points and shapes a run on the current plane uses."""
-        view = image_view(image, self.viewer, None)
+        view = self._view()
         plane = current_plane(view, self.viewer)
         points, shapes = self.points.value, self.shapes.value
         used_points = points_on_plane(points, view, plane).index if points is not None else np.zeros(0, int)

@@ -324,3 +324,26 @@ def test_segment_anything_on_a_channel_of_a_multichannel_layer(make_napari_viewe
     labels = segment_anything(image, viewer, points=points, channel_axis=0, channels=(1,))
     assert labels.data.shape == (1, 64, 96)
     assert labels.data[0, 40, 60] == 1 and labels.data[0, 20, 20] == 0
+
+
+def test_lines_and_paths_are_not_box_prompts(make_napari_viewer, blob_pipeline):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(blobs())
+    shapes = viewer.add_shapes(
+        [[[10, 10], [30, 40]], [[40, 50], [40, 70], [44, 70], [44, 50]]], shape_type=["line", "polygon"]
+    )
+    labels = segment_anything(image, viewer, shapes=shapes)
+    assert np.unique(labels.data).tolist() == [0, 1] and labels.data[42, 60] == 1  # the polygon only
+    shapes.selected_data = {1}
+    shapes.remove_selected()
+    with pytest.raises(InputError, match="lines and paths are ignored"):
+        segment_anything(image, viewer, shapes=shapes)
+
+
+def test_labels_of_another_scale_are_refused(make_napari_viewer, blob_pipeline):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(blobs(), scale=(0.5, 0.5))
+    other = viewer.add_labels(np.zeros((64, 96), np.int32), scale=(2, 2))
+    with pytest.raises(InputError, match="scale"):
+        segment_everything(image, viewer, output=other)
+    assert not other.data.any()

@@ -211,3 +211,28 @@ def test_closing_the_widgets_releases_keys_and_events(make_napari_viewer, qtbot)
     viewer.window.remove_dock_widget(dock_widget)
     qtbot.waitUntil(lambda: not any("Shift" in str(k) for k in viewer.keymap), timeout=5000)
     viewer.layers.selection.active = viewer.add_image(blobs(), name="another")  # no callback into a dead widget
+
+
+def test_warnings_from_the_worker_are_notifications(make_napari_viewer, blob_pipeline, wait_done):
+    import warnings
+
+    from napari_mobilesamv2.napari import set_pipeline_factory
+
+    def factory(encoder, device, trust_weights):
+        warnings.warn("loading an unknown detector because you trust it", UserWarning, stacklevel=1)
+        return blob_pipeline
+
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs())
+    widget = dock(viewer, "Segment everything")
+    set_pipeline_factory(factory)
+    try:
+        before = len(notification_manager.records)
+        widget.run()
+        wait_done(widget)
+    finally:
+        set_pipeline_factory(None)
+    assert "loading an unknown detector because you trust it" in [
+        str(n.message) for n in notification_manager.records[before:]
+    ]
+    assert widget.last_error is None and len(viewer.layers) == 2

@@ -236,6 +236,18 @@ def check_output(view: ImageView, labels: Labels | None) -> None:
             f"the labels layer {labels.name!r} has shape {tuple(labels.data.shape)}, but labels for "
             f"{view.layer.name!r} need shape {view.labels_shape}; choose 'new layer' or a matching layer"
         )
+    spatial = [a for a in range(view.ndim) if a != view.channel_axis]
+    wanted = view.labels_transform()["scale"]
+    if not np.allclose(np.asarray(labels.scale)[spatial], wanted[spatial]):
+        raise InputError(
+            f"the labels layer {labels.name!r} has scale {_rounded(labels.scale)}, but {view.layer.name!r} has "
+            f"scale {_rounded(wanted)}, so its labels would not overlay the image; choose 'new layer' or a "
+            "layer with the image's scale"
+        )
+
+
+def _rounded(values) -> tuple[float, ...]:
+    return tuple(round(float(v), 6) for v in values)
 
 
 def new_labels_data(view: ImageView) -> np.ndarray:
@@ -410,14 +422,20 @@ def _inside_pixels(xy: np.ndarray, view: ImageView) -> np.ndarray:
     return np.where(inside, np.clip(xy, 0, size - 1), xy)
 
 
+REGION_SHAPES = ("rectangle", "ellipse", "polygon")
+
+
 def shapes_to_boxes(shapes: Shapes, view: ImageView, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
     """Bounding boxes (N, 4) x0, y0, x1, y1 of the shapes on `plane`, and their indices.
 
-    napari puts pixel centres at integer coordinates, boxes use pixel edges, hence
-    the half-pixel shift (the inverse of :func:`boxes_to_rectangles`).
+    Rectangles, ellipses and polygons count; lines and paths enclose no region and
+    are ignored. napari puts pixel centres at integer coordinates, boxes use pixel
+    edges, hence the half-pixel shift (the inverse of :func:`boxes_to_rectangles`).
     """
     boxes, kept = [], []
-    for i, vertices in enumerate(shapes.data):
+    for i, (vertices, kind) in enumerate(zip(shapes.data, shapes.shape_type)):
+        if kind not in REGION_SHAPES:
+            continue
         coords = to_image_coords(shapes, vertices, view.layer)
         if not _on_plane(view, coords, plane).all():
             continue

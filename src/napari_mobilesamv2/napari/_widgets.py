@@ -27,7 +27,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QWidget
 
@@ -209,6 +209,7 @@ class JobWidget(Container):
         worker = create_worker(_carry_errors(job.steps), _progress=progress, _ignore_errors=True)
         worker.returned.connect(lambda result: self._apply(job, result, then))
         worker.errored.connect(self._report)
+        worker.warned.connect(_show_warning)
         worker.aborted.connect(lambda: self._set_status("cancelled; nothing was changed"))
         worker.finished.connect(self._finished)
         self.worker = worker
@@ -432,6 +433,11 @@ class SegmentAnythingWidget(JobWidget):
             used_points, used_shapes = self._used
             _remove(self.points.value, used_points)
             _remove(self.shapes.value, used_shapes)
+
+
+def _show_warning(showwarning_args: tuple) -> None:
+    """A warning from the worker thread (e.g. about trusting a weights file), as a notification."""
+    show_warning(str(showwarning_args[0]))
 
 
 def _unbind_keys(viewer, bindings: dict, *_) -> None:

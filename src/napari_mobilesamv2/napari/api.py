@@ -330,8 +330,9 @@ def prepare_anything(
     boxes = shapes_to_boxes(shapes, view, plane)[0] if shapes is not None else np.zeros((0, 4), np.float32)
     if not (prompts.labels == 1).any() and not len(boxes):
         raise InputError(
-            "no prompts on this plane: add a positive point or a box (points with positive=False "
-            "are background points and need a positive point or a box too)"
+            "no prompts on this plane: add a positive point or a box (a rectangle; polygons and ellipses "
+            "count by their bounding box, lines and paths are ignored; points with positive=False mark "
+            "background and need a positive point or a box too)"
         )
 
     def steps():
@@ -451,7 +452,10 @@ def prepare_decode_boxes(
     boxes, kept = shapes_to_boxes(shapes, view, plane)
     usable = _has_area(boxes, view)
     if not usable.any():
-        raise InputError(f"no boxes of {shapes.name!r} lie on this plane inside the image")
+        raise InputError(
+            f"no boxes of {shapes.name!r} lie on this plane inside the image (draw rectangles; polygons and "
+            "ellipses count by their bounding box, lines and paths are ignored)"
+        )
     scores = np.asarray(shapes.features["score"], np.float64)[kept] if "score" in shapes.features else None
     return prepare_everything(
         image, viewer, output=output, policy=policy, scope="plane", plane=plane, pipeline=pipeline,

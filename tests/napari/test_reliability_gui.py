@@ -197,8 +197,6 @@ def test_a_2d_image_with_3d_labels_of_another_shape_is_refused(make_napari_viewe
     assert_unchanged(viewer, before)
 
 
-@pytest.mark.xfail(strict=True, reason="missing in the widget: check_output compares shapes only, so labels "
-                   "with another scale are written and do not overlay the image (reported, not fixed here)")
 def test_labels_with_another_scale_are_refused(make_napari_viewer, blob_pipeline, wait_done):
     viewer = make_napari_viewer()
     viewer.add_image(blobs(), name="cells", scale=(0.5, 0.5))
@@ -209,7 +207,10 @@ def test_labels_with_another_scale_are_refused(make_napari_viewer, blob_pipeline
     before = snapshot(viewer)
     widget.run()
     wait_done(widget)
-    assert widget.last_error is not None and "scale" in widget.last_error
+    assert widget.last_error == (
+        "the labels layer 'other' has scale (2.0, 2.0), but 'cells' has scale (0.5, 0.5), so its labels would "
+        "not overlay the image; choose 'new layer' or a layer with the image's scale"
+    )
     assert_unchanged(viewer, before)
 
 
@@ -242,8 +243,6 @@ def test_points_layer_without_points_says_what_to_do(make_napari_viewer, blob_pi
     assert_unchanged(viewer, before)
 
 
-@pytest.mark.xfail(strict=True, reason="missing in the widget: shapes_to_boxes turns lines and paths into their "
-                   "bounding boxes, so a stroke is segmented as a box (reported, not fixed here)")
 def test_shapes_layer_with_only_lines_and_paths_says_what_to_do(make_napari_viewer, blob_pipeline, wait_done):
     viewer = make_napari_viewer()
     viewer.add_image(blobs())
@@ -257,7 +256,8 @@ def test_shapes_layer_with_only_lines_and_paths_says_what_to_do(make_napari_view
     before = snapshot(viewer)
     widget.run()
     wait_done(widget)
-    assert widget.last_error is not None and "rectangle" in widget.last_error
+    assert widget.last_error.startswith("no prompts on this plane: add a positive point or a box (a rectangle;")
+    assert "lines and paths are ignored" in widget.last_error
     assert_unchanged(viewer, before)
 
 
@@ -291,9 +291,6 @@ def test_trust_checkbox_reaches_the_pipeline(make_napari_viewer, blob_pipeline, 
     assert widget.last_error is None and isinstance(viewer.layers[-1], Labels)
 
 
-@pytest.mark.xfail(strict=True, reason="missing in the widget: warnings raised in the worker are not shown, because "
-                   "napari 0.9.2's worker never connects its warned signal (its _NotifyingMixin.__init__ is not "
-                   "reached); the widget needs worker.warned.connect(...) (reported, not fixed here)")
 def test_trust_warning_is_shown_as_a_notification(
     make_napari_viewer, blob_pipeline, wait_done, tmp_path, monkeypatch
 ):

@@ -77,7 +77,7 @@ REFUSED = {
     "7x7": (lambda: np.ones((7, 7), np.uint16), {}, r"7x7 pixels; at least 16x16 is needed"),
     "7x7-rgb-uint8": (lambda: np.ones((7, 7, 3), np.uint8), {}, r"7x7 pixels; at least 16x16"),
     "1d": (lambda: np.arange(100, dtype=np.uint8), {}, r"one 2D plane \(Y, X\) or \(Y, X, C\); got .* \(100,\)"),
-    "4d": (lambda: np.zeros((2, 3, H, W), np.uint8), {}, r"one 2D plane .*\(2, 3, 48, 64\)\. Pick a plane"),
+    "4d": (lambda: np.zeros((2, 3, H, W), np.uint8), {}, r"one 2D plane .*\(2, 3, 48, 64\)\. Segment one plane"),
     "5d": (lambda: np.zeros((1, 1, 2, H, W), np.uint8), {}, r"one 2D plane .*\(1, 1, 2, 48, 64\)"),
     "20k-grey": (lambda: _strided((20000, 20000)), {}, r"20000x20000 pixels \(400 MP\).*in tiles or downsample"),
     "20k-rgb": (lambda: _strided((20000, 20000, 3)), {}, r"20000x20000 pixels.*in tiles or downsample"),
@@ -290,7 +290,7 @@ def test_user_boxes_zero_area_inverted_and_outside(tiny_pipeline, caplog):
              [100, 100, 120, 120]]  # entirely outside: dropped
     result = tiny_pipeline.segment_everything(image, boxes_xyxy=boxes)
     np.testing.assert_array_equal(result.boxes_xyxy, [[10, 5, 40, 30], [50, 0, 64, 20]])
-    assert "ignoring 2 box(es) with no area inside the 48x64 image" in caplog.text
+    assert "ignoring 2 box(es) with no area inside the 64x48 (width x height) image" in caplog.text
     ordered = tiny_pipeline.segment_everything(image, boxes_xyxy=[[10, 5, 40, 30]])
     np.testing.assert_array_equal(ordered.crops[0].to_full((H, W)), result.crops[0].to_full((H, W)))
     nothing = tiny_pipeline.segment_everything(image, boxes_xyxy=[[100, 100, 120, 120]])

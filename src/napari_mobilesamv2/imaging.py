@@ -63,7 +63,8 @@ def channels_last(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
     if image.ndim != 3:
         raise InputError(
             f"expected one 2D plane (Y, X) or (Y, X, C); got an array of shape {image.shape}. "
-            "Pick a plane of a stack (or use the stack functions) and give channel_axis for channels"
+            "Segment one plane at a time (e.g. image[z]; in napari the 'whole stack' scope does every plane) "
+            "and give channel_axis for channels"
         )
     if channel_axis is None:
         if image.shape[-1] in (2, 3, 4):

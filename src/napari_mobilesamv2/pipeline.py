@@ -448,16 +448,16 @@ def _check_fraction(name: str, value: float) -> None:
         raise InputError(f"{name} must be between 0 and 1, not {value}")
 
 
-def _check_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Clip boxes to the image, order their corners, drop the empty ones with a warning."""
+def _check_boxes(boxes: np.ndarray, shape: tuple[int, int], *, warn: bool = True) -> np.ndarray:
+    """Clip boxes to the image, order their corners, drop the empty ones (with a warning)."""
     boxes = _coordinates(boxes, 4, "boxes", "x0, y0, x1, y1")
     h, w = shape
     x = np.sort(np.clip(boxes[:, [0, 2]], 0, w), axis=1)
     y = np.sort(np.clip(boxes[:, [1, 3]], 0, h), axis=1)
     boxes = np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
     empty = (boxes[:, 2] - boxes[:, 0] < 1) | (boxes[:, 3] - boxes[:, 1] < 1)
-    if empty.any():
-        log.warning("ignoring %d box(es) with no area inside the %dx%d image", int(empty.sum()), h, w)
+    if empty.any() and warn:
+        log.warning("ignoring %d box(es) with no area inside the %dx%d (width x height) image", int(empty.sum()), w, h)
     return boxes[~empty]
 
 
@@ -469,7 +469,7 @@ def _check_object(obj: ObjectPrompt, shape: tuple[int, int]) -> ObjectPrompt:
         raise InputError(f"{int((~inside).sum())} point(s) lie outside the {w}x{h} (width x height) image")
     box = None
     if obj.box is not None:
-        checked = _check_boxes(obj.box, shape)
+        checked = _check_boxes(obj.box, shape, warn=False)
         if len(checked) == 0:
             box = ", ".join(f"{v:g}" for v in np.asarray(obj.box, np.float64).reshape(-1))
             raise InputError(f"the box ({box}) has no area inside the {w}x{h} (width x height) image")

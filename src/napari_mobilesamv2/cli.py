@@ -148,7 +148,7 @@ def collect_images(paths: Sequence[Path]) -> list[Path]:
         elif path.is_file():
             images.append(path)
         else:
-            raise InputError(f"{path} does not exist")
+            raise InputError(f"{path} does not exist; check the path and the file name")
     return images
 
 

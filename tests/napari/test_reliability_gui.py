@@ -135,8 +135,9 @@ def test_removing_the_image_layer_mid_run_ends_cleanly(make_napari_viewer, blob_
     viewer.layers.remove(image)
     blob_pipeline.gate.set()
     wait_done(widget)
+    assert widget.last_error is None, widget.last_error
     assert mine.data[0, :5].tolist() == [3] * 5 and mine.data[1:].max() == 0
-    assert "mine" in viewer.layers
+    assert [layer.name for layer in viewer.layers] == ["mine", "cells objects"]  # from the pixels it had read
 
 
 def test_removing_the_output_layer_mid_run_ends_cleanly(make_napari_viewer, blob_pipeline, wait_done):

@@ -236,3 +236,18 @@ def test_warnings_from_the_worker_are_notifications(make_napari_viewer, blob_pip
         str(n.message) for n in notification_manager.records[before:]
     ]
     assert widget.last_error is None and len(viewer.layers) == 2
+
+
+def test_closing_the_viewer_mid_run_cancels_quietly(make_napari_viewer, blob_pipeline, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs())
+    widget = dock(viewer, "Segment everything")
+    blob_pipeline.gate = threading.Event()
+    widget.run()
+    finished = []
+    widget.worker.finished.connect(lambda: finished.append(True))
+    viewer.close()
+    blob_pipeline.gate.set()
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    qtbot.wait(50)  # the widget's own finished/aborted handlers run after this one
+    assert not widget.is_running

@@ -182,10 +182,12 @@ class JobWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.last_error: str | None = None
         self._on_close: list[Callable[[], None]] = []
+        self._closed = False
         self._watch = _ClosingWatch(self.native, self._close)
 
     def _close(self) -> None:
-        """The dock was closed: stop a run and drop our hooks into the viewer."""
+        """The dock or viewer was closed: stop a run and drop our hooks into the viewer."""
+        self._closed = True
         self.cancel()
         while self._on_close:
             self._on_close.pop()()
@@ -223,6 +225,8 @@ class JobWidget(Container):
             self.worker.quit()
 
     def _apply(self, job: api.Job, result, then: Callable | None) -> None:
+        if self._closed:
+            return  # closed while the result was on its way: write nothing
         try:
             layer = job.apply(result)
         except Exception as error:  # noqa: BLE001 - shown to the user, layers untouched
@@ -234,7 +238,8 @@ class JobWidget(Container):
 
     def _finished(self) -> None:
         self.worker = None
-        self.cancel_button.enabled = False
+        if not self._closed:  # the Qt widgets may be gone
+            self.cancel_button.enabled = False
 
     def _report(self, error: BaseException) -> None:
         if isinstance(error, StepError) and error.__cause__ is not None:
@@ -249,7 +254,8 @@ class JobWidget(Container):
         show_error(message)
 
     def _set_status(self, text: str) -> None:
-        self.status.value = text[:200]
+        if not self._closed:
+            self.status.value = text[:200]
 
 
 class SegmentEverythingWidget(JobWidget):

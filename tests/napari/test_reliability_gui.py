@@ -106,9 +106,6 @@ def test_a_second_run_while_one_runs_is_refused(make_napari_viewer, blob_pipelin
     assert blob_pipeline.embed_calls == 1
 
 
-@pytest.mark.xfail(strict=True, reason="missing in the widget: the run is cancelled, but the worker's aborted and "
-                   "finished signals then update the deleted status label and Cancel button (RuntimeError: wrapped "
-                   "C/C++ object has been deleted, in the Qt event loop); reported, not fixed here")
 def test_closing_the_viewer_mid_run_ends_the_worker(make_napari_viewer, blob_pipeline, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(blobs())

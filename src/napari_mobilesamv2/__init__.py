@@ -9,7 +9,9 @@ from .errors import (
     InputError,
     IntegrityError,
     MobileSAMv2Error,
+    OutputError,
     UntrustedWeightsError,
+    UntrustedWeightsWarning,
     WeightsUnavailableError,
 )
 from .imaging import to_rgb_uint8
@@ -19,6 +21,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "ImageEmbedding", "InputError", "IntegrityError", "MobileSAMv2", "MobileSAMv2Error",
-    "ObjectPrompt", "Segmentation", "UntrustedWeightsError", "WeightsUnavailableError", "objects_from_prompts",
+    "ObjectPrompt", "OutputError", "Segmentation", "UntrustedWeightsError", "UntrustedWeightsWarning", "WeightsUnavailableError", "objects_from_prompts",
     "to_rgb_uint8",
 ]

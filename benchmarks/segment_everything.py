@@ -223,7 +223,7 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--encoder", default="efficientvit_l2")
     parser.add_argument("--detector-scale", default="x", choices=list("nsmlx"))
-    parser.add_argument("--batch-size", type=int, default=320)
+    parser.add_argument("--batch-size", type=int, help="boxes per decoder batch (default: the pipeline's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--skip-detector", action="store_true")

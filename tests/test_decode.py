@@ -51,7 +51,7 @@ def test_box_masks_equal_predict_torch(predictor, embedding, sam_decoder):
     boxes = torch.from_numpy(predictor.transform.apply_boxes(BOXES, IMAGE_SHAPE))
     with torch.no_grad():
         ref_masks, ref_iou, ref_low = predictor.predict_torch(None, None, boxes, multimask_output=False)
-    decoded = decode_boxes(*sam_decoder, embedding, BOXES)
+    decoded = decode_boxes(*sam_decoder, embedding, BOXES, batch_size=len(BOXES))  # predict_torch's one batch
     assert len(decoded) == len(BOXES)
     assert torch.equal(decoded.low_res_logits, ref_low)
     np.testing.assert_array_equal(decoded.predicted_iou, ref_iou[:, 0].numpy())

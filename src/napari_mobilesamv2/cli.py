@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument("--iou", type=float, default=0.9, help="detector NMS IoU threshold")
     everything.add_argument("--imgsz", type=int, default=1024, help="detector input size")
     everything.add_argument("--max-prompts", type=int, default=320, help="at most this many boxes")
-    everything.add_argument("--batch-size", type=int, default=16, help="boxes decoded at once (halved automatically on GPU out-of-memory)")
+    everything.add_argument("--batch-size", type=int,
+                            help="boxes decoded at once (default 4 on CPU, 320 on GPU; halved on GPU out-of-memory)")
     everything.add_argument("--points-per-side", type=int, default=32, help="grid strategy: points per side")
     everything.add_argument("--min-predicted-iou", type=float, help="drop masks below this predicted IoU")
     everything.add_argument("--min-stability", type=float, help="drop masks below this stability score")

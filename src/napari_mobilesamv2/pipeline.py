@@ -250,7 +250,7 @@ class MobileSAMv2:
         imgsz: int = 1024,
         max_det: int = 300,
         max_prompts: int = 320,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         points_per_side: int = 32,
         min_predicted_iou: float | None = None,
         min_stability: float | None = None,
@@ -269,7 +269,7 @@ class MobileSAMv2:
         """
         if strategy not in STRATEGIES:
             raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, not {batch_size}")
         image_rgb = self.prepare_image(image, **conversion)
         shape = image_rgb.shape[:2]

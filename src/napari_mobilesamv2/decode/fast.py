@@ -22,7 +22,15 @@ from segment_anything.modeling.transformer import Attention, TwoWayAttentionBloc
 
 from ..embedding import ImageEmbedding
 
-DEFAULT_CHUNK = 16
+# Boxes per batch: on a CPU, 4 keeps a batch's 64x64x256 activations in cache (measured
+# fastest among 1-16 on 2 cores); a GPU is best fed the official batch of 320.
+CPU_CHUNK = 4
+GPU_CHUNK = 320
+
+
+def default_chunk(device: torch.device) -> int:
+    """Boxes decoded together on `device`."""
+    return CPU_CHUNK if device.type == "cpu" else GPU_CHUNK
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -71,7 +79,7 @@ class BoxDecoder:
             self.first_i2t_q = _split_heads(i2t.q_proj(tokens_with_pe), i2t.num_heads)
 
     @torch.inference_mode()
-    def decode(self, boxes: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, boxes: torch.Tensor, chunk: int = CPU_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res logits (N, 1, 256, 256) and predicted IoU (N,) for model-frame boxes (N, 4)."""
         logits, ious = [], []
         for start in range(0, boxes.shape[0], max(1, int(chunk))):

@@ -13,7 +13,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from ..embedding import ImageEmbedding
 from ..errors import InputError
 from ..models.build import IMAGE_SIZE
-from .fast import DEFAULT_CHUNK, BoxDecoder
+from .fast import BoxDecoder, default_chunk
 from .masks import MaskCrop, logits_to_crops
 
 log = logging.getLogger(__name__)
@@ -62,14 +62,15 @@ def decode_box_logits(
     mask_decoder: MaskDecoder,
     embedding: ImageEmbedding,
     boxes_xyxy: np.ndarray,
-    batch_size: int = DEFAULT_CHUNK,
+    batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Low-res logits and predicted IoU for box prompts, one mask per box.
 
     Gives the same masks as ``SamPredictor.predict_torch(boxes=...,
     multimask_output=False)`` (and the official MobileSAMv2 script), computed by
     :class:`~napari_mobilesamv2.decode.fast.BoxDecoder` in batches of `batch_size`
-    boxes. On a CUDA out-of-memory error the batch is halved and retried.
+    boxes (default: 4 on a CPU, 320 on a GPU). On a CUDA out-of-memory error the
+    batch is halved and retried.
 
     Returns
     -------
@@ -81,7 +82,7 @@ def decode_box_logits(
     device = embedding.device
     boxes = torch.from_numpy(transform_boxes(boxes_xyxy, embedding.original_size)).to(device)
     decoder = BoxDecoder(prompt_encoder, mask_decoder, embedding)
-    batch_size = max(1, int(batch_size))
+    batch_size = default_chunk(device) if batch_size is None else max(1, int(batch_size))
     while True:
         try:
             return decoder.decode(boxes, chunk=batch_size)
@@ -125,7 +126,7 @@ def decode_boxes(
     mask_decoder: MaskDecoder,
     embedding: ImageEmbedding,
     boxes_xyxy: np.ndarray,
-    batch_size: int = DEFAULT_CHUNK,
+    batch_size: int | None = None,
 ) -> DecodedMasks:
     """Full-resolution binary masks for box prompts (see :func:`decode_box_logits`)."""
     low_res, iou = decode_box_logits(prompt_encoder, mask_decoder, embedding, boxes_xyxy, batch_size)

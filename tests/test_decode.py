@@ -100,6 +100,7 @@ def test_crop_round_trip_and_empty_mask():
     assert (crop.top, crop.left, crop.mask.shape) == (5, 3, (16, 22))
     assert crop.bbox_xyxy == (3, 5, 25, 21)
     np.testing.assert_array_equal(crop.to_full(mask.shape), mask)
+    assert crop.area == 61 and crop.nbytes == (16 * 22 + 7) // 8  # bit-packed, 8 pixels a byte
     empty = crop_to_content(np.zeros((30, 40), bool))
     assert empty.area == 0 and not empty.to_full((30, 40)).any()
 

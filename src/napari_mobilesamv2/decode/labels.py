@@ -48,7 +48,7 @@ def assemble_labels(
     areas = np.array([c.area for c in crops], dtype=np.int64)
     for i in paint_order(areas):
         crop = crops[i]
-        h, w = crop.mask.shape
+        h, w = crop.shape
         region = labels[crop.top:crop.top + h, crop.left:crop.left + w]
         region[crop.mask] = ids[i]
     visible = np.bincount(labels.ravel(), minlength=int(ids.max(initial=0)) + 1)

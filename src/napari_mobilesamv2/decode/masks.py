@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,48 +12,59 @@ STABILITY_OFFSET = 1.0
 MASK_THRESHOLD = 0.0
 
 
-@dataclass(frozen=True)
 class MaskCrop:
-    """A binary mask stored as its bounding rectangle, so memory grows with object size.
+    """A binary mask stored as its bounding rectangle, bit-packed: memory grows with object size.
 
-    Attributes
+    Parameters
     ----------
     top, left : int
         Position of ``mask[0, 0]`` in the image.
     mask : numpy.ndarray
-        (h, w) bool; an empty mask is (0, 0).
+        (h, w) bool; an empty mask is (0, 0). Kept packed 8 pixels per byte; the
+        ``mask`` attribute unpacks it on access.
     """
 
-    top: int
-    left: int
-    mask: np.ndarray
+    __slots__ = ("top", "left", "shape", "area", "_packed")
+
+    def __init__(self, top: int, left: int, mask: np.ndarray):
+        mask = np.asarray(mask, dtype=bool)
+        self.top, self.left = int(top), int(left)
+        self.shape = (int(mask.shape[0]), int(mask.shape[1]))
+        self._packed = np.packbits(mask, axis=None)
+        self.area = int(np.count_nonzero(mask))
 
     @property
-    def area(self) -> int:
-        return int(self.mask.sum())
+    def mask(self) -> np.ndarray:
+        """(h, w) bool array of the crop."""
+        count = self.shape[0] * self.shape[1]
+        return np.unpackbits(self._packed, count=count).reshape(self.shape).view(bool)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._packed.nbytes)
 
     @property
     def bbox_xyxy(self) -> tuple[int, int, int, int]:
         """Tight box (x0, y0, x1, y1), exclusive end, of the mask's pixels."""
-        h, w = self.mask.shape
+        h, w = self.shape
         return self.left, self.top, self.left + w, self.top + h
 
     def to_full(self, shape: tuple[int, int]) -> np.ndarray:
         """The mask pasted into an all-False array of `shape`."""
         full = np.zeros(shape, dtype=bool)
-        h, w = self.mask.shape
+        h, w = self.shape
         full[self.top:self.top + h, self.left:self.left + w] = self.mask
         return full
 
 
-def crop_to_content(mask: np.ndarray) -> MaskCrop:
-    """Shrink a full-size bool mask to the rectangle holding its True pixels."""
+def crop_to_content(mask: np.ndarray, top: int = 0, left: int = 0) -> MaskCrop:
+    """Shrink a bool mask (placed at `top`, `left`) to the rectangle holding its True pixels."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return MaskCrop(0, 0, np.zeros((0, 0), dtype=bool))
     cols = np.flatnonzero(mask.any(axis=0))
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    return MaskCrop(int(top), int(left), np.ascontiguousarray(mask[top:bottom, left:right]))
+    first_row, last_row, first_col, last_col = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return MaskCrop(top + int(first_row), left + int(first_col), mask[first_row:last_row, first_col:last_col])
 
 
 def upsample_logits(
@@ -198,5 +207,4 @@ def _crop_and_score(logits: np.ndarray, top: int, left: int) -> tuple[MaskCrop, 
     """Binary crop (threshold 0) and stability score of one full-resolution logit window."""
     high = np.count_nonzero(logits > MASK_THRESHOLD + STABILITY_OFFSET)
     low = np.count_nonzero(logits > MASK_THRESHOLD - STABILITY_OFFSET)
-    crop = crop_to_content(logits > MASK_THRESHOLD)
-    return MaskCrop(crop.top + top, crop.left + left, crop.mask), (high / low if low else 1.0)
+    return crop_to_content(logits > MASK_THRESHOLD, top, left), (high / low if low else 1.0)

@@ -66,6 +66,19 @@ def tiny_pipeline(tiny_encoder, sam_decoder, detector):
     return MobileSAMv2.from_modules(tiny_encoder, *sam_decoder, detector, device="cpu", encoder_name="tiny-test")
 
 
+def write_weight_files(folder: Path, sam_decoder, seed: int = 0) -> tuple[Path, Path]:
+    """Write a TinyViT encoder (mobile_sam.pt layout) and a decoder (Prompt_guided layout) with random weights."""
+    from napari_mobilesamv2.models import build_image_encoder
+
+    torch.manual_seed(seed)
+    encoder = build_image_encoder("tiny_vit")
+    encoder_path, decoder_path = folder / "mobile_sam.pt", folder / "Prompt_guided_Mask_Decoder.pt"
+    torch.save({f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}, encoder_path)
+    prompt_encoder, mask_decoder = sam_decoder
+    torch.save({"PromtEncoder": prompt_encoder.state_dict(), "MaskDecoder": mask_decoder.state_dict()}, decoder_path)
+    return encoder_path, decoder_path
+
+
 def synthetic_cells(shape=(192, 256), n=12, seed=0, dtype=np.uint8, texture=0.5) -> np.ndarray:
     """A fluorescence-like image: bright blobs on a textured background.
 

@@ -9,26 +9,18 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from napari_mobilesamv2.cli import main
 from napari_mobilesamv2.export import decode_rle
-from napari_mobilesamv2.models import build_image_encoder
 
-from .conftest import DETECTOR_FIXTURE, synthetic_cells
+from .conftest import DETECTOR_FIXTURE, synthetic_cells, write_weight_files
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory, sam_decoder):
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(20)
-    encoder = build_image_encoder("tiny_vit")
-    torch.save({f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}, folder / "mobile_sam.pt")
-    prompt_encoder, mask_decoder = sam_decoder
-    torch.save({"PromtEncoder": prompt_encoder.state_dict(), "MaskDecoder": mask_decoder.state_dict()},
-               folder / "Prompt_guided_Mask_Decoder.pt")
-    return ["--encoder", "tiny_vit", "--encoder-weights", str(folder / "mobile_sam.pt"),
-            "--decoder-weights", str(folder / "Prompt_guided_Mask_Decoder.pt"), "--device", "cpu", "--no-download"]
+    encoder_path, decoder_path = write_weight_files(tmp_path_factory.mktemp("weights"), sam_decoder, seed=20)
+    return ["--encoder", "tiny_vit", "--encoder-weights", str(encoder_path),
+            "--decoder-weights", str(decoder_path), "--device", "cpu", "--no-download"]
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from napari_mobilesamv2.decode.prompted import decode_boxes
 from napari_mobilesamv2.export import coco_results, decode_rle
 from napari_mobilesamv2.pipeline import resolve_device
 
-from .conftest import DETECTOR_FIXTURE, synthetic_cells
+from .conftest import DETECTOR_FIXTURE, synthetic_cells, write_weight_files
 
 
 @pytest.fixture(scope="module")
@@ -142,16 +142,11 @@ def test_resolve_device():
 
 
 def test_model_files_and_trust(tmp_path, sam_decoder, monkeypatch):
-    from napari_mobilesamv2.models import build_image_encoder
     from napari_mobilesamv2.models.download import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    encoder = build_image_encoder("tiny_vit")
-    torch.save({f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}, tmp_path / "mobile_sam.pt")
-    prompt_encoder, mask_decoder = sam_decoder
-    torch.save({"PromtEncoder": prompt_encoder.state_dict(), "MaskDecoder": mask_decoder.state_dict()},
-               tmp_path / "decoder.pt")
-    files = dict(encoder_weights=tmp_path / "mobile_sam.pt", decoder_weights=tmp_path / "decoder.pt",
+    encoder_path, decoder_path = write_weight_files(tmp_path, sam_decoder)
+    files = dict(encoder_weights=encoder_path, decoder_weights=decoder_path,
                  detector_weights=DETECTOR_FIXTURE, device="cpu", download=False)
     with pytest.raises(UntrustedWeightsError, match="can run arbitrary code"):
         MobileSAMv2("tiny_vit", **files)

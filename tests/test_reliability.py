@@ -37,12 +37,12 @@ from napari_mobilesamv2.errors import (
     WeightsUnavailableError,
 )
 from napari_mobilesamv2.imaging import to_rgb_uint8
-from napari_mobilesamv2.models import build_image_encoder, download, load_detector, load_image_encoder
+from napari_mobilesamv2.models import download, load_detector, load_image_encoder
 from napari_mobilesamv2.models import load_prompt_decoder
 from napari_mobilesamv2.models.registry import WEIGHT_FILES
 from napari_mobilesamv2.pipeline import MobileSAMv2
 
-from .conftest import DETECTOR_FIXTURE, synthetic_cells
+from .conftest import DETECTOR_FIXTURE, synthetic_cells, write_weight_files
 
 H, W = 48, 64
 FAST = {"imgsz": 256, "max_prompts": 4}  # small detector input: each run takes a fraction of a second
@@ -548,13 +548,8 @@ class _Evil:
 def weights(tmp_path, sam_decoder, monkeypatch):
     """Real-format encoder (TinyViT) and decoder files, and an empty cache."""
     monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    encoder = build_image_encoder("tiny_vit")
-    torch.save({f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}, tmp_path / "mobile_sam.pt")
-    prompt_encoder, mask_decoder = sam_decoder
-    torch.save({"PromtEncoder": prompt_encoder.state_dict(), "MaskDecoder": mask_decoder.state_dict()},
-               tmp_path / "decoder.pt")
-    return {"encoder_weights": tmp_path / "mobile_sam.pt", "decoder_weights": tmp_path / "decoder.pt",
+    encoder_path, decoder_path = write_weight_files(tmp_path, sam_decoder)
+    return {"encoder_weights": encoder_path, "decoder_weights": decoder_path,
             "device": "cpu", "download": False}
 
 

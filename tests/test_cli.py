@@ -108,3 +108,24 @@ def test_models_list_and_path(tmp_path, monkeypatch, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "napari_mobilesamv2.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "segment-everything" in result.stdout
+
+
+def test_stack_is_segmented_plane_by_plane_with_linked_ids(tmp_path, weights, monkeypatch):
+    monkeypatch.setenv("NAPARI_MOBILESAMV2_CACHE", str(tmp_path / "cache"))
+    plane = synthetic_cells((96, 128), n=6, seed=0)
+    stack_path = tmp_path / "stack.tif"
+    tifffile.imwrite(stack_path, np.stack([plane, plane, plane[::-1]]))
+    labels_path, proposals_path = tmp_path / "stack_labels.tif", tmp_path / "stack.json"
+    code = main(["segment-everything", str(stack_path), *weights, "--detector-weights", str(DETECTOR_FIXTURE),
+                 "--trust-weights", "--stack", "--labels", str(labels_path), "--proposals", str(proposals_path)])
+    assert code == 0
+    labels = tifffile.imread(labels_path)
+    proposals = json.loads(proposals_path.read_text())
+    assert labels.shape == (3, 96, 128) and labels.max() > 0
+    # Identical neighbouring planes: every object keeps its id from plane 0 to plane 1.
+    np.testing.assert_array_equal(labels[0], labels[1])
+    assert {p["image_id"] for p in proposals} == {0, 1, 2}
+    for record in proposals:
+        if record["id"]:
+            mask = decode_rle(record["segmentation"])
+            assert (labels[record["image_id"]][mask] == record["id"]).any()

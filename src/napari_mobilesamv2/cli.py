@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument("--min-predicted-iou", type=float, help="drop masks below this predicted IoU")
     everything.add_argument("--min-stability", type=float, help="drop masks below this stability score")
     everything.add_argument("--min-area", type=int, help="drop masks with fewer pixels")
+    everything.add_argument("--stack", action="store_true",
+                            help="the image is a stack (Z, Y, X), (T, Y, X), (T, Z, Y, X): segment every plane "
+                                 "and give an object one id through neighbouring planes")
+    everything.add_argument("--rgb", action="store_true", help="with --stack: the last axis holds RGB channels")
+    everything.add_argument("--link-iou", type=float, default=0.5,
+                            help="with --stack: least mask IoU for objects of neighbouring planes to share an id")
     _add_output_options(everything)
     everything.set_defaults(run=run_segment_everything)
 
@@ -203,15 +209,47 @@ def run_segment_everything(args: argparse.Namespace) -> int:
     model = _load_model(args, with_detector=args.strategy == "object-aware")
     for image_id, (path, (labels_path, proposals_path)) in enumerate(tqdm(list(zip(images, outputs)),
                                                                           desc="segment everything", unit="image")):
-        result = model.segment_everything(
-            read_image(path), strategy=args.strategy, conf=args.conf, iou=args.iou, imgsz=args.imgsz,
-            max_prompts=args.max_prompts, batch_size=args.batch_size, points_per_side=args.points_per_side,
+        options = dict(
+            strategy=args.strategy, conf=args.conf, iou=args.iou, imgsz=args.imgsz, max_prompts=args.max_prompts,
+            batch_size=args.batch_size, points_per_side=args.points_per_side,
             min_predicted_iou=args.min_predicted_iou, min_stability=args.min_stability, min_area=args.min_area,
             **_conversion(args),
         )
-        _write_outputs(result, labels_path, proposals_path, image_id)
-        tqdm.write(f"{path}: {len(result)} objects")
+        if args.stack:
+            count = _segment_stack_file(model, read_image(path), labels_path, proposals_path, args, options)
+        else:
+            result = model.segment_everything(read_image(path), **options)
+            _write_outputs(result, labels_path, proposals_path, image_id)
+            count = len(result)
+        tqdm.write(f"{path}: {count} objects")
     return 0
+
+
+def _segment_stack_file(model, stack, labels_path, proposals_path, args, options) -> int:
+    """Segment and link a stack; write its nD labels and one proposal list (image_id = plane)."""
+    from tqdm.auto import tqdm
+
+    from .export import coco_results, write_json
+    from .io import write_labels
+    from .stack import segment_stack
+
+    with tqdm(desc="planes", unit="plane", leave=False) as bar:
+        def advance(index, total):
+            bar.total = total
+            bar.update(1)
+
+        link, found = segment_stack(model, stack, rgb=args.rgb, link_iou=args.link_iou, on_plane=advance, **options)
+    if labels_path is not None:
+        write_labels(labels_path, link.labels)
+    if proposals_path is not None:
+        global_id = {(int(p), int(i)): int(g) for p, i, g in zip(link.plane, link.local_id, link.global_id)}
+        records = []
+        for plane, result in enumerate(found):
+            for record in coco_results(result, image_id=plane):
+                record["id"] = global_id.get((plane, record["id"]), 0)  # 0: hidden by larger objects
+                records.append(record)
+        write_json(proposals_path, records)
+    return link.n_objects
 
 
 def run_segment_anything(args: argparse.Namespace) -> int:

@@ -82,7 +82,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     try:
-        tifffile.imwrite(tmp, labels, compression="zlib", metadata={"axes": "YX" if labels.ndim == 2 else None})
+        tifffile.imwrite(tmp, labels, compression="zlib", metadata={"axes": "YX"} if labels.ndim == 2 else None)
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None

@@ -235,3 +235,47 @@ def _mean(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     count = np.bincount(index[finite], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def segment_stack(
+    model, stack: np.ndarray, *, rgb: bool = False, link_iou: float = 0.5, on_plane=None, **options
+) -> tuple[LinkedStack, list]:
+    """Segment everything in every plane of a (..., Y, X[, C]) stack and link ids through it.
+
+    Parameters
+    ----------
+    model : MobileSAMv2
+        The pipeline (:meth:`MobileSAMv2.segment_everything` runs on each plane).
+    stack : array-like
+        Planes along the leading axes (e.g. (Z, Y, X), (T, Z, Y, X)); read one plane at a
+        time, so a memory-mapped or dask array is never loaded whole.
+    rgb : bool
+        The last axis holds RGB(A) channels.
+    link_iou : float
+        Least mask IoU for objects of neighbouring planes to share an id.
+    on_plane : callable, optional
+        Called with (index, number of planes) after each plane, e.g. for progress.
+    **options
+        Passed to ``segment_everything`` (conf, iou, max_prompts, normalization, ...).
+
+    Returns
+    -------
+    link : LinkedStack
+        Linked labels of the whole stack.
+    found : list of Segmentation
+        Each plane's own result, in flat (C-order) plane order.
+    """
+    plane_ndim = 3 if rgb else 2
+    if stack.ndim <= plane_ndim:
+        raise InputError(f"a stack needs at least one axis before the {'RGB ' if rgb else ''}planes; "
+                         f"got shape {stack.shape}")
+    stack_shape = stack.shape[: stack.ndim - plane_ndim]
+    n_planes = int(np.prod(stack_shape))
+    found = []
+    for index in range(n_planes):
+        plane = np.asarray(stack[np.unravel_index(index, stack_shape)])
+        found.append(model.segment_everything(plane, **options))
+        if on_plane is not None:
+            on_plane(index, n_planes)
+    labels = np.stack([f.labels for f in found]).reshape(*stack_shape, *found[0].labels.shape)
+    return link_planes(labels, link_iou), found

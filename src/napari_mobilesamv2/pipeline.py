@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -86,7 +86,6 @@ class Segmentation:
     stability: np.ndarray
     visible_area: np.ndarray
     strategy: str = "object-aware"
-    timings: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.crops)

@@ -171,7 +171,7 @@ class _ClosingWatch(QObject):
 
 
 class JobWidget(Container):
-    """Base: runs :class:`~.api.Job` objects in a thread worker, one at a time."""
+    """Base: image and model controls, and :class:`~.api.Job` runs in a thread worker, one at a time."""
 
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
@@ -184,6 +184,9 @@ class JobWidget(Container):
         self._on_close: list[Callable[[], None]] = []
         self._closed = False
         self._watch = _ClosingWatch(self.native, self._close)
+        self.images = ImageControls(napari_viewer)
+        self._on_close.append(self.images.release)
+        self.model = ModelControls()
 
     def _close(self) -> None:
         """The dock or viewer was closed: stop a run and drop our hooks into the viewer."""
@@ -264,9 +267,6 @@ class SegmentEverythingWidget(JobWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         viewer = napari_viewer
-        self.images = ImageControls(viewer)
-        self._on_close.append(self.images.release)
-        self.model = ModelControls()
         self.strategy = ComboBox(label="strategy", choices=STRATEGIES, value="object-aware")
         self.conf = FloatSpinBox(label="detector conf", value=0.4, min=0.0, max=1.0, step=0.05)
         self.iou = FloatSpinBox(label="NMS IoU", value=0.9, min=0.0, max=1.0, step=0.05)
@@ -342,9 +342,6 @@ class SegmentAnythingWidget(JobWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         viewer = napari_viewer
-        self.images = ImageControls(viewer)
-        self._on_close.append(self.images.release)
-        self.model = ModelControls()
         self.points = ComboBox(label="points", choices=_layers_of(viewer, Points, "none"))
         self.shapes = ComboBox(label="boxes", choices=_layers_of(viewer, Shapes, "none"))
         self.add_prompts_button = PushButton(text="Add prompt layers")

@@ -47,16 +47,43 @@ def test_embedding_equals_sam_predictor(predictor, embedding):
     assert embedding.original_size == predictor.original_size == IMAGE_SHAPE
 
 
-def test_box_masks_equal_predict_torch(predictor, embedding, sam_decoder):
-    boxes = torch.from_numpy(predictor.transform.apply_boxes(BOXES, IMAGE_SHAPE))
+def _predict_torch(predictor, boxes_xyxy):
+    boxes = torch.from_numpy(predictor.transform.apply_boxes(boxes_xyxy, IMAGE_SHAPE))
     with torch.no_grad():
-        ref_masks, ref_iou, ref_low = predictor.predict_torch(None, None, boxes, multimask_output=False)
-    decoded = decode_boxes(*sam_decoder, embedding, BOXES, batch_size=len(BOXES))  # predict_torch's one batch
+        masks, iou, low = predictor.predict_torch(None, None, boxes, multimask_output=False)
+        logits, _, _ = predictor.predict_torch(None, None, boxes, multimask_output=False, return_logits=True)
+    return masks[:, 0].numpy(), iou[:, 0].numpy(), low, logits[:, 0].numpy()
+
+
+def test_exact_box_masks_equal_predict_torch(predictor, embedding, sam_decoder):
+    ref_masks, ref_iou, ref_low, _ = _predict_torch(predictor, BOXES)
+    decoded = decode_boxes(*sam_decoder, embedding, BOXES, batch_size=len(BOXES), exact=True)  # one batch, as it
     assert len(decoded) == len(BOXES)
     assert torch.equal(decoded.low_res_logits, ref_low)
-    np.testing.assert_array_equal(decoded.predicted_iou, ref_iou[:, 0].numpy())
+    np.testing.assert_array_equal(decoded.predicted_iou, ref_iou)
     for k, crop in enumerate(decoded.crops):
-        np.testing.assert_array_equal(crop.to_full(IMAGE_SHAPE), ref_masks[k, 0].numpy())
+        np.testing.assert_array_equal(crop.to_full(IMAGE_SHAPE), ref_masks[k])
+
+
+@pytest.mark.parametrize("tile_rows", [None, 4096, 1000])
+def test_folded_box_masks_match_predict_torch(predictor, embedding, sam_decoder, tile_rows):
+    """The default decoder: predict_torch's masks except where the full-size logit is within 1e-5 of 0."""
+    from napari_mobilesamv2.decode.folded import FoldedBoxDecoder
+    from napari_mobilesamv2.decode.prompted import transform_boxes
+
+    boxes_xyxy = np.concatenate([BOXES, _many_boxes(19, seed=3)])
+    ref_masks, ref_iou, ref_low, ref_logits = _predict_torch(predictor, boxes_xyxy)
+    boxes = torch.from_numpy(transform_boxes(boxes_xyxy, IMAGE_SHAPE))
+    low, iou = FoldedBoxDecoder(*sam_decoder, embedding, tile_rows=tile_rows).decode(boxes, chunk=3)
+    assert low.shape == ref_low.shape and low.dtype == torch.float32
+    assert (low - ref_low).abs().max() < 1e-5
+    np.testing.assert_allclose(iou.numpy(), ref_iou, atol=1e-6)
+
+    decoded = decode_boxes(*sam_decoder, embedding, boxes_xyxy)
+    assert (decoded.low_res_logits - ref_low).abs().max() < 1e-5
+    for k, crop in enumerate(decoded.crops):
+        differ = crop.to_full(IMAGE_SHAPE) != ref_masks[k]
+        assert (np.abs(ref_logits[k][differ]) < 1e-5).all()
 
 
 def test_stability_score_matches_segment_anything(predictor, embedding, sam_decoder):
@@ -66,7 +93,7 @@ def test_stability_score_matches_segment_anything(predictor, embedding, sam_deco
     with torch.no_grad():
         logits, _, _ = predictor.predict_torch(None, None, boxes, multimask_output=False, return_logits=True)
     expected = calculate_stability_score(logits[:, 0], 0.0, 1.0).numpy()
-    decoded = decode_boxes(*sam_decoder, embedding, BOXES)
+    decoded = decode_boxes(*sam_decoder, embedding, BOXES, exact=True)
     np.testing.assert_allclose(decoded.stability, expected, rtol=1e-6)
 
 
@@ -167,12 +194,12 @@ def _many_boxes(n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16])
-def test_fast_decoder_is_bitwise_equal_to_reference_batches(embedding, sam_decoder, chunk):
+def test_exact_decoder_is_bitwise_equal_to_reference_batches(embedding, sam_decoder, chunk):
     from napari_mobilesamv2.decode.prompted import decode_box_logits, reference_box_logits
 
     boxes = _many_boxes(24)
     ref_low, ref_iou = reference_box_logits(*sam_decoder, embedding, boxes, batch_size=chunk)
-    low, iou = decode_box_logits(*sam_decoder, embedding, boxes, batch_size=chunk)
+    low, iou = decode_box_logits(*sam_decoder, embedding, boxes, batch_size=chunk, exact=True)
     assert torch.equal(low, ref_low) and torch.equal(iou, ref_iou)
 
 
@@ -189,12 +216,12 @@ def test_batch_size_changes_logits_only_by_rounding(embedding, sam_decoder):
 
 
 def test_out_of_memory_halves_the_batch(embedding, sam_decoder, monkeypatch, caplog):
-    from napari_mobilesamv2.decode import fast
+    from napari_mobilesamv2.decode.folded import FoldedBoxDecoder
     from napari_mobilesamv2.decode.prompted import decode_box_logits
 
     boxes = _many_boxes(10, seed=1)
     expected, _ = decode_box_logits(*sam_decoder, embedding, boxes, batch_size=2)
-    real_chunk = fast.BoxDecoder._decode_chunk
+    real_chunk = FoldedBoxDecoder._decode_chunk
     sizes = []
 
     def small_gpu(self, chunk_boxes):
@@ -203,7 +230,7 @@ def test_out_of_memory_halves_the_batch(embedding, sam_decoder, monkeypatch, cap
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_chunk(self, chunk_boxes)
 
-    monkeypatch.setattr(fast.BoxDecoder, "_decode_chunk", small_gpu)
+    monkeypatch.setattr(FoldedBoxDecoder, "_decode_chunk", small_gpu)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     low, _ = decode_box_logits(*sam_decoder, embedding, boxes, batch_size=16)
     assert torch.equal(low, expected)
@@ -212,13 +239,13 @@ def test_out_of_memory_halves_the_batch(embedding, sam_decoder, monkeypatch, cap
 
 
 def test_out_of_memory_with_single_boxes_gives_advice(embedding, sam_decoder, monkeypatch):
-    from napari_mobilesamv2.decode import fast
+    from napari_mobilesamv2.decode.folded import FoldedBoxDecoder
     from napari_mobilesamv2.decode.prompted import decode_box_logits
 
     def no_memory(self, chunk_boxes):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(fast.BoxDecoder, "_decode_chunk", no_memory)
+    monkeypatch.setattr(FoldedBoxDecoder, "_decode_chunk", no_memory)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     with pytest.raises(InputError, match="use device='cpu'"):
         decode_box_logits(*sam_decoder, embedding, _many_boxes(3), batch_size=4)

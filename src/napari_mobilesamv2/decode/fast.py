@@ -1,8 +1,8 @@
-"""Fast box-prompt decoding: SAM's mask decoder restructured for many boxes on one image.
+"""Exact box-prompt decoding: SAM's mask decoder restructured for many boxes on one image.
 
-Same weights, same operations as ``MaskDecoder.predict_masks`` (so the same masks),
-arranged so that work and memory traffic that do not depend on the prompt happen once
-per image instead of once per box:
+Same weights, same operations as ``MaskDecoder.predict_masks`` (so bitwise the same
+logits for the same batches), arranged so that work and memory traffic that do not
+depend on the prompt happen once per image instead of once per box:
 
 * the image tokens plus the "no mask" dense embedding, and their positional
   encoding, are formed once (the reference repeats them for every box);
@@ -10,6 +10,8 @@ per image instead of once per box:
   so the token-to-image key/value projections and the image-to-token query projection
   (about a fifth of the decoder's FLOPs) are computed once;
 * boxes run in small chunks so the per-box 64x64x256 activations stay in cache.
+
+The default decoder, :mod:`~napari_mobilesamv2.decode.folded`, builds on this one.
 """
 
 from __future__ import annotations

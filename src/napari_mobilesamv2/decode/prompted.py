@@ -14,6 +14,7 @@ from ..embedding import ImageEmbedding
 from ..errors import InputError
 from ..models.build import IMAGE_SIZE
 from .fast import BoxDecoder, default_chunk
+from .folded import FoldedBoxDecoder
 from .masks import MaskCrop, logits_to_crops
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,21 @@ def decode_box_logits(
     embedding: ImageEmbedding,
     boxes_xyxy: np.ndarray,
     batch_size: int | None = None,
+    exact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Low-res logits and predicted IoU for box prompts, one mask per box.
 
-    Gives the same masks as ``SamPredictor.predict_torch(boxes=...,
-    multimask_output=False)`` (and the official MobileSAMv2 script), computed by
-    :class:`~napari_mobilesamv2.decode.fast.BoxDecoder` in batches of `batch_size`
+    Computes what ``SamPredictor.predict_torch(boxes=..., multimask_output=False)``
+    (and the official MobileSAMv2 script) computes, in batches of `batch_size`
     boxes (default: 4 on a CPU, 320 on a GPU). On a CUDA out-of-memory error the
     batch is halved and retried.
+
+    By default :class:`~napari_mobilesamv2.decode.folded.FoldedBoxDecoder` does it
+    with about half the arithmetic, in another floating-point order: logits differ
+    from the reference by ~1e-7, so a mask pixel can only differ where its logit is
+    within that of 0. ``exact=True`` uses
+    :class:`~napari_mobilesamv2.decode.fast.BoxDecoder`, whose logits are bitwise
+    equal to ``predict_torch`` run with the same batches.
 
     Returns
     -------
@@ -81,11 +89,11 @@ def decode_box_logits(
     """
     device = embedding.device
     boxes = torch.from_numpy(transform_boxes(boxes_xyxy, embedding.original_size)).to(device)
-    decoder = BoxDecoder(prompt_encoder, mask_decoder, embedding)
+    decoder_class = BoxDecoder if exact else FoldedBoxDecoder
     batch_size = default_chunk(device) if batch_size is None else max(1, int(batch_size))
     while True:
         try:
-            return decoder.decode(boxes, chunk=batch_size)
+            return decoder_class(prompt_encoder, mask_decoder, embedding).decode(boxes, chunk=batch_size)
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise InputError(
@@ -127,9 +135,10 @@ def decode_boxes(
     embedding: ImageEmbedding,
     boxes_xyxy: np.ndarray,
     batch_size: int | None = None,
+    exact: bool = False,
 ) -> DecodedMasks:
     """Full-resolution binary masks for box prompts (see :func:`decode_box_logits`)."""
-    low_res, iou = decode_box_logits(prompt_encoder, mask_decoder, embedding, boxes_xyxy, batch_size)
+    low_res, iou = decode_box_logits(prompt_encoder, mask_decoder, embedding, boxes_xyxy, batch_size, exact)
     crops, stability = logits_to_crops(low_res, embedding.input_size, embedding.original_size)
     return DecodedMasks(crops, iou.float().cpu().numpy(), stability, low_res)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import ultralytics  # noqa: F401  its logger binds to the streams present at first import: not a test's capsys
+
 
 from napari_mobilesamv2.models import build_mask_decoder, build_prompt_encoder
 

@@ -50,9 +50,9 @@ def test_embedding_equals_sam_predictor(predictor, embedding):
 def _predict_torch(predictor, boxes_xyxy):
     boxes = torch.from_numpy(predictor.transform.apply_boxes(boxes_xyxy, IMAGE_SHAPE))
     with torch.no_grad():
-        masks, iou, low = predictor.predict_torch(None, None, boxes, multimask_output=False)
-        logits, _, _ = predictor.predict_torch(None, None, boxes, multimask_output=False, return_logits=True)
-    return masks[:, 0].numpy(), iou[:, 0].numpy(), low, logits[:, 0].numpy()
+        logits, iou, low = predictor.predict_torch(None, None, boxes, multimask_output=False, return_logits=True)
+    logits = logits[:, 0].numpy()
+    return logits > predictor.model.mask_threshold, iou[:, 0].numpy(), low, logits
 
 
 def test_exact_box_masks_equal_predict_torch(predictor, embedding, sam_decoder):

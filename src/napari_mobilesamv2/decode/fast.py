@@ -93,11 +93,16 @@ class BoxDecoder:
             return empty, self.image_tokens.new_zeros(0)
         return torch.cat(logits), torch.cat(ious)
 
-    def _decode_chunk(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prompt_tokens(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(B, 7, 256) decoder tokens: IoU token, 4 mask tokens, the box's 2 corner embeddings."""
         decoder = self.mask_decoder
         sparse, _ = self.prompt_encoder(points=None, boxes=boxes, masks=None)
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        tokens = torch.cat((output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+        return torch.cat((output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+
+    def _decode_chunk(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        decoder = self.mask_decoder
+        tokens = self._prompt_tokens(boxes)
         queries, keys = self._first_block(tokens)
         transformer = decoder.transformer
         for layer in transformer.layers[1:]:
@@ -109,17 +114,22 @@ class BoxDecoder:
     def _first_block(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``TwoWayAttentionBlock.forward`` (skip_first_layer_pe) with the image-side projections shared."""
         block = self.first
-        queries = block.norm1(block.self_attn(q=tokens, k=tokens, v=tokens))
-        t2i = block.cross_attn_token_to_image
-        q = _split_heads(t2i.q_proj(queries + tokens), t2i.num_heads)
-        queries = block.norm2(queries + _attend(t2i, q, self.first_t2i_k, self.first_t2i_v))
-        queries = block.norm3(queries + block.mlp(queries))
+        queries = self._first_block_queries(tokens)
         i2t = block.cross_attn_image_to_token
         q_tokens = queries + tokens
         k = _split_heads(i2t.k_proj(q_tokens), i2t.num_heads)
         v = _split_heads(i2t.v_proj(queries), i2t.num_heads)
         keys = block.norm4(self.image_tokens + _attend(i2t, self.first_i2t_q, k, v))
         return queries, keys
+
+    def _first_block_queries(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token side of the first block, up to its image-to-token attention."""
+        block = self.first
+        queries = block.norm1(block.self_attn(q=tokens, k=tokens, v=tokens))
+        t2i = block.cross_attn_token_to_image
+        q = _split_heads(t2i.q_proj(queries + tokens), t2i.num_heads)
+        queries = block.norm2(queries + _attend(t2i, q, self.first_t2i_k, self.first_t2i_v))
+        return block.norm3(queries + block.mlp(queries))
 
     def _masks(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``predict_masks``' upscaling and hypernetwork heads, returning the single-mask output."""

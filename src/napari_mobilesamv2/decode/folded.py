@@ -34,7 +34,7 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 
 from ..embedding import ImageEmbedding
-from .fast import BoxDecoder, _merge_heads
+from .fast import BoxDecoder, _split_heads
 
 # Image tokens (of 64x64) handled together in the row-wise steps on a CPU: 512 keep a
 # tile's activations (0.5-1 MB each) in a core's L2 cache; the mask upscaling ran 2x
@@ -47,15 +47,9 @@ def _per_head(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.view(heads, weight.shape[0] // heads, weight.shape[1])
 
 
-def _token_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, T, heads * d) projected tokens as (B, heads, T, d)."""
-    b, t, c = x.shape
-    return x.view(b, t, heads, c // heads).transpose(1, 2)
-
-
 def _scaled_key_heads(attention: Attention, tokens: torch.Tensor) -> torch.Tensor:
     """Image-to-token keys from the tokens, per head, with the 1/sqrt(d) score scale applied."""
-    keys = _token_heads(attention.k_proj(tokens), attention.num_heads)
+    keys = _split_heads(attention.k_proj(tokens), attention.num_heads)
     return keys / math.sqrt(keys.shape[-1])
 
 
@@ -113,10 +107,8 @@ class FoldedBoxDecoder(BoxDecoder):
     def _decode_chunk(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         decoder = self.mask_decoder
         transformer = decoder.transformer
-        sparse, _ = self.prompt_encoder(points=None, boxes=boxes, masks=None)
-        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        tokens = torch.cat((output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
-        keys, keys_with_pe = self._workspace(sparse.size(0))
+        tokens = self._prompt_tokens(boxes)
+        keys, keys_with_pe = self._workspace(tokens.shape[0])
 
         queries = self._first_block_queries(tokens)
         i2t = self.first.cross_attn_image_to_token
@@ -133,16 +125,6 @@ class FoldedBoxDecoder(BoxDecoder):
         hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1, :])
         iou = decoder.iou_prediction_head(queries[:, 0, :])
         return self._mask_logits(keys, hyper), iou[:, 0]
-
-    def _first_block_queries(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token side of the first block; its image-side projections were computed once."""
-        block = self.first
-        queries = block.norm1(block.self_attn(q=tokens, k=tokens, v=tokens))
-        t2i = block.cross_attn_token_to_image
-        q = _token_heads(t2i.q_proj(queries + tokens), t2i.num_heads)
-        weights = torch.softmax((q @ self.first_t2i_k.transpose(2, 3)) / math.sqrt(q.shape[-1]), dim=-1)
-        queries = block.norm2(queries + t2i.out_proj(_merge_heads(weights @ self.first_t2i_v)))
-        return block.norm3(queries + block.mlp(queries))
 
     def _block(
         self, block: TwoWayAttentionBlock, queries: torch.Tensor, keys: torch.Tensor, keys_with_pe: torch.Tensor,
@@ -172,7 +154,7 @@ class FoldedBoxDecoder(BoxDecoder):
         """``attention(q=q_in, k=keys_with_pe, v=keys)`` for 7 query tokens, projections on the token side."""
         heads = attention.num_heads
         b, t, _ = q_in.shape
-        q = _token_heads(attention.q_proj(q_in), heads)
+        q = _split_heads(attention.q_proj(q_in), heads)
         q = q / math.sqrt(q.shape[-1])
         directions = torch.einsum("bhtd,hdc->bhtc", q, _per_head(attention.k_proj.weight, heads))
         scores = directions.flatten(1, 2) @ keys_with_pe.transpose(1, 2)  # k_proj's bias: constant per row
@@ -192,7 +174,7 @@ class FoldedBoxDecoder(BoxDecoder):
         heads = attention.num_heads
         b, n = keys.shape[:2]
         weights = torch.softmax(scores.view(b, heads, -1, n), dim=2).flatten(1, 2).transpose(1, 2)  # (B, 4096, heads * 7)
-        values = _token_heads(attention.v_proj(queries), heads)  # (B, heads, 7, d)
+        values = _split_heads(attention.v_proj(queries), heads)  # (B, heads, 7, d)
         out_weight = attention.out_proj.weight.view(-1, heads, values.shape[-1])
         projected = torch.einsum("bhtd,ohd->bhto", values, out_weight).flatten(1, 2)
         projected = projected + attention.out_proj.bias / heads  # each head's weights sum to 1

@@ -1,6 +1,8 @@
-"""Command line: ``napari-mobilesamv2 segment-everything|segment-anything|models``.
+"""Command line: napari-mobilesamv2 segment-everything | segment-anything | models.
 
-User errors print one line (``error: ...``) and exit with status 2; no traceback.
+User errors print one line ("error: ...") and exit with status 2; no traceback.
+Every option of segment everything, its default and its help come from
+:mod:`napari_mobilesamv2.options`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import engine
 from .errors import InputError, MobileSAMv2Error, OutputError
-from .models.registry import DEFAULT_ENCODER, ENCODERS, WEIGHT_FILES
+from .models.registry import WEIGHT_FILES, default_weight_set
+from .options import EverythingOptions, ImageOptions, ModelOptions, OptionInfo, options_of
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 EXIT_USER_ERROR = 2
@@ -49,65 +53,144 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``napari-mobilesamv2`` argument parser with its three commands."""
-    parser = _Parser(prog="napari-mobilesamv2", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    everything = commands.add_parser("segment-everything", help="find every object in images (MobileSAMv2)")
-    everything.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
-    _add_model_options(everything)
-    everything.add_argument("--strategy", choices=("object-aware", "grid"), default="object-aware")
-    everything.add_argument("--conf", type=float, default=0.4, help="detector confidence threshold")
-    everything.add_argument("--iou", type=float, default=0.9, help="detector NMS IoU threshold")
-    everything.add_argument("--imgsz", type=int, default=1024, help="detector input size")
-    everything.add_argument("--max-prompts", type=int, default=320, help="at most this many boxes")
-    everything.add_argument("--batch-size", type=int,
-                            help="boxes decoded at once (default 4 on CPU, 320 on GPU; halved on GPU out-of-memory)")
-    everything.add_argument("--points-per-side", type=int, default=32, help="grid strategy: points per side")
-    everything.add_argument("--min-predicted-iou", type=float, help="drop masks below this predicted IoU")
-    everything.add_argument("--min-stability", type=float, help="drop masks below this stability score")
-    everything.add_argument("--min-area", type=int, help="drop masks with fewer pixels")
-    everything.add_argument("--stack", action="store_true",
-                            help="the image is a stack (Z, Y, X), (T, Y, X), (T, Z, Y, X): segment every plane "
-                                 "and give an object one id through neighbouring planes")
-    everything.add_argument("--rgb", action="store_true", help="with --stack: the last axis holds RGB channels")
-    everything.add_argument("--link-iou", type=float, default=0.5,
-                            help="with --stack: least mask IoU for objects of neighbouring planes to share an id")
-    _add_output_options(everything)
-    everything.set_defaults(run=run_segment_everything)
-
-    anything = commands.add_parser("segment-anything", help="segment the objects given by points and boxes")
-    anything.add_argument("image", type=Path)
-    _add_model_options(anything, detector=False)
-    anything.add_argument("--points", nargs="+", default=[], metavar="X,Y", help="object points (one object each)")
-    anything.add_argument("--negative-points", nargs="+", default=[], metavar="X,Y",
-                          help="background points (shared by every point object)")
-    anything.add_argument("--boxes", nargs="+", default=[], metavar="X0,Y0,X1,Y1", help="boxes (one object each)")
-    _add_output_options(anything)
-    anything.set_defaults(run=run_segment_anything)
-
-    models = commands.add_parser("models", help="list, download, verify or locate the weights files")
-    models.add_argument("action", choices=("list", "download", "verify", "path"))
-    models.add_argument("names", nargs="*", help="weights files (default: all)")
-    models.set_defaults(run=run_models)
+    """The ``napari-mobilesamv2`` argument parser with its commands."""
+    parser = _Parser(
+        prog="napari-mobilesamv2", formatter_class=_Formatter,
+        description="Segment every object in microscopy images with MobileSAMv2, or the objects you point at.",
+        epilog="Run 'napari-mobilesamv2 COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens, including download attempts")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_everything_command(commands)
+    _add_anything_command(commands)
+    _add_models_command(commands)
     return parser
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks; wider help column."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=32)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _add_everything_command(commands) -> None:
+    everything = commands.add_parser(
+        "segment-everything", help="find every object in images, folders or stacks", formatter_class=_Formatter,
+        description="Find every object: the object-aware detector proposes boxes, SAM's mask decoder turns "
+                    "each box into one mask, and the masks become ids in a label image.",
+        epilog="example:\n  napari-mobilesamv2 segment-everything docs/images/coins.png "
+               "--labels coins_labels.tif --proposals coins.json",
+    )
+    everything.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER",
+                            help="image files (TIFF, PNG, JPEG, BMP) or folders of them")
+    _add_output_options(everything)
+    _add_model_options(everything)
+    _add_image_options(everything)
+    groups = {name: everything.add_argument_group(title) for name, title in EVERYTHING_GROUPS.items()}
+    groups["stack"].add_argument(
+        "--stack", action="store_true",
+        help="the image is a stack (Z, Y, X), (T, Y, X) or (T, Z, Y, X): segment every plane and give an object "
+             "one id through neighbouring planes",
+    )
+    groups["stack"].add_argument("--rgb", action="store_true", help="with --stack: the last axis holds RGB channels")
+    for info in options_of(EverythingOptions):
+        _add_option(groups[info.spec.group], info)
+    everything.set_defaults(run=run_segment_everything)
+
+
+EVERYTHING_GROUPS = {
+    "strategy": "strategy", "detector": "object-aware detector", "grid": "grid strategy",
+    "decoder": "mask decoder", "filters": "mask filters", "stack": "stacks",
+}
+
+
+def _add_anything_command(commands) -> None:
+    anything = commands.add_parser(
+        "segment-anything", help="segment the objects given by points and boxes", formatter_class=_Formatter,
+        description="Segment one object per box and per object point. Coordinates are image pixels: x is the "
+                    "column, y the row, (0, 0) the top-left corner.",
+        epilog="example:\n  napari-mobilesamv2 segment-anything docs/images/coins.png --points 120,80 "
+               "--boxes 10,10,60,50 --labels clicked.tif",
+    )
+    anything.add_argument("image", type=Path, help="the image file")
+    prompts = anything.add_argument_group("prompts")
+    prompts.add_argument("--points", nargs="+", default=[], metavar="X,Y", help="object points (one object each)")
+    prompts.add_argument("--negative-points", nargs="+", default=[], metavar="X,Y",
+                         help="background points (shared by every point object)")
+    prompts.add_argument("--boxes", nargs="+", default=[], metavar="X0,Y0,X1,Y1", help="boxes (one object each)")
+    _add_output_options(anything)
+    _add_model_options(anything, detector=False)
+    _add_image_options(anything)
+    anything.set_defaults(run=run_segment_anything)
+
+
+def _add_models_command(commands) -> None:
+    models = commands.add_parser(
+        "models", help="list, download, verify or locate the weights files", formatter_class=_Formatter,
+        description="The weights files live in one cache folder (set NAPARI_MOBILESAMV2_CACHE to move it).",
+        epilog="examples:\n  napari-mobilesamv2 models list\n  napari-mobilesamv2 models download\n"
+               "  napari-mobilesamv2 models verify",
+    )
+    models.add_argument(
+        "action", choices=("list", "download", "verify", "path"), metavar="ACTION",
+        help="list: every file, its size and whether it is in the cache; download: fetch missing files; "
+             "verify: check the sha256 of cached files; path: print the cache folder (or the files' paths)",
+    )
+    models.add_argument(
+        "names", nargs="*", metavar="NAME",
+        help=f"weights files (default for download and verify: the default set, {', '.join(default_weight_set())}; "
+             "for list: all)",
+    )
+    models.set_defaults(run=run_models)
+
+
+def _add_option(parser, info: OptionInfo) -> None:
+    """One command-line flag from a core option: same default, choices and help."""
+    if info.type is bool:
+        parser.add_argument(info.flag, action="store_true", help=info.help_with_default())
+        return
+    kwargs = {"type": info.type, "default": info.default, "help": info.help_with_default(),
+              "metavar": info.name.upper() if info.spec.choices is None else None}
+    if info.spec.choices is not None:
+        kwargs["choices"] = info.spec.choices
+    parser.add_argument(info.flag, **kwargs)
+
+
 def _add_model_options(parser: argparse.ArgumentParser, detector: bool = True) -> None:
-    parser.add_argument("--encoder", choices=ENCODERS, default=DEFAULT_ENCODER)
-    parser.add_argument("--encoder-weights", type=Path, help="image encoder file you already have")
-    parser.add_argument("--decoder-weights", type=Path, help="prompt-guided decoder file you already have")
+    group = parser.add_argument_group("models")
+    for info in options_of(ModelOptions):
+        if info.name != "trust_weights" or detector:
+            _add_option(group, info)
+    group.add_argument("--encoder-weights", type=Path, metavar="FILE", help="image encoder file you already have")
+    group.add_argument("--decoder-weights", type=Path, metavar="FILE",
+                       help="prompt-guided mask decoder file you already have (Prompt_guided_Mask_Decoder.pt)")
     if detector:
-        parser.add_argument("--detector-weights", type=Path, help="ObjectAwareModel.pt you already have")
-        parser.add_argument("--trust-weights", action="store_true",
-                            help="allow a detector file of unknown sha256 (a pickle can run code)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--no-download", action="store_true", help="never download missing weights")
-    parser.add_argument("--channel-axis", type=int, help="axis of the image that holds channels")
-    parser.add_argument("--channels", type=_channel_list, help="comma-separated channels (at most 3) that feed R,G,B")
-    parser.add_argument("--normalization", default="auto",
-                        choices=("auto", "percentile", "minmax", "none"), help="intensity mapping to 8 bit")
+        group.add_argument("--detector-weights", type=Path, metavar="FILE",
+                           help="object-aware detector file you already have (ObjectAwareModel.pt)")
+    group.add_argument("--no-download", action="store_true", help="never download missing weights")
+
+
+def _add_image_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("image")
+    for info in options_of(ImageOptions):
+        if info.name == "channels":
+            group.add_argument("--channels", type=_channel_list, metavar="C[,C[,C]]", help=info.help_with_default())
+        else:
+            _add_option(group, info)
+
+
+def options_from_args(cls, args: argparse.Namespace):
+    """An options object of `cls` from the parsed flags that it has."""
+    values = {info.name: getattr(args, info.name) for info in options_of(cls) if hasattr(args, info.name)}
+    return cls.from_dict(values)
 
 
 def _channel_list(text: str) -> list[int]:
@@ -119,28 +202,23 @@ def _channel_list(text: str) -> list[int]:
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--labels", type=Path, help="label image to write (.tif); a folder for several images")
-    parser.add_argument("--proposals", type=Path, help="COCO results JSON to write; a folder for several images")
+    group = parser.add_argument_group("outputs")
+    group.add_argument("--labels", type=Path, metavar="OUT",
+                       help="label image to write (.tif, int32, 0 = background); a folder for several images")
+    group.add_argument("--proposals", type=Path, metavar="OUT",
+                       help="COCO results JSON to write (RLE masks; result k has label id k + 1); a folder for "
+                            "several images")
 
 
 def _load_model(args: argparse.Namespace, with_detector: bool):
     from .pipeline import MobileSAMv2
 
-    return MobileSAMv2(
-        args.encoder, encoder_weights=args.encoder_weights, decoder_weights=args.decoder_weights,
-        detector_weights=getattr(args, "detector_weights", None), device=args.device,
-        trust_weights=getattr(args, "trust_weights", False), download=not args.no_download,
-        load_detector=with_detector,
+    model = options_from_args(ModelOptions, args)
+    return MobileSAMv2.from_pretrained(
+        model.encoder, encoder_weights=args.encoder_weights, decoder_weights=args.decoder_weights,
+        detector_weights=getattr(args, "detector_weights", None), device=model.device,
+        trust_weights=model.trust_weights, download=not args.no_download, load_detector=with_detector,
     )
-
-
-def _conversion(args: argparse.Namespace) -> dict:
-    conversion = {"normalization": args.normalization}
-    if args.channel_axis is not None:
-        conversion["channel_axis"] = args.channel_axis
-    if args.channels is not None:
-        conversion["channels"] = args.channels
-    return conversion
 
 
 def collect_images(paths: Sequence[Path]) -> list[Path]:
@@ -204,52 +282,49 @@ def run_segment_everything(args: argparse.Namespace) -> int:
 
     from .io import read_image
 
+    options = options_from_args(EverythingOptions, args)
+    image_options = options_from_args(ImageOptions, args)
     images = collect_images(args.images)
     outputs = output_paths(args, images)
-    model = _load_model(args, with_detector=args.strategy == "object-aware")
+    model = _load_model(args, with_detector=options.strategy == "object-aware")
     for image_id, (path, (labels_path, proposals_path)) in enumerate(tqdm(list(zip(images, outputs)),
                                                                           desc="segment everything", unit="image")):
-        options = dict(
-            strategy=args.strategy, conf=args.conf, iou=args.iou, imgsz=args.imgsz, max_prompts=args.max_prompts,
-            batch_size=args.batch_size, points_per_side=args.points_per_side,
-            min_predicted_iou=args.min_predicted_iou, min_stability=args.min_stability, min_area=args.min_area,
-            **_conversion(args),
-        )
+        image = read_image(path)
         if args.stack:
-            count = _segment_stack_file(model, read_image(path), labels_path, proposals_path, args, options)
+            count = _segment_stack_file(model, image, labels_path, proposals_path, args.rgb, options, image_options)
         else:
-            result = model.segment_everything(read_image(path), **options)
+            result, = _run_with_bar(engine.segment_planes(model, [()], lambda _: image, options, image_options.conversion()))
             _write_outputs(result, labels_path, proposals_path, image_id)
             count = len(result)
         tqdm.write(f"{path}: {count} objects")
     return 0
 
 
-def _segment_stack_file(model, stack, labels_path, proposals_path, args, options) -> int:
-    """Segment and link a stack; write its nD labels and one proposal list (image_id = plane)."""
+def _run_with_bar(steps):
+    """Drive engine steps with a progress bar of planes that shows the current step."""
     from tqdm.auto import tqdm
 
-    from .export import coco_results, write_json
-    from .io import write_labels
-    from .stack import segment_stack
-
     with tqdm(desc="planes", unit="plane", leave=False) as bar:
-        def advance(index, total):
-            bar.total = total
-            bar.update(1)
+        def show(progress: engine.Progress) -> None:
+            bar.total = progress.total
+            bar.n = progress.done
+            bar.set_postfix_str(progress.detail[:60], refresh=True)
 
-        link, found = segment_stack(model, stack, rgb=args.rgb, link_iou=args.link_iou, on_plane=advance, **options)
+        return engine.run(steps, show)
+
+
+def _segment_stack_file(model, stack, labels_path, proposals_path, rgb: bool, options, image_options) -> int:
+    """Segment and link a stack; write its nD labels and one proposal list (image_id = plane)."""
+    from .export import stack_coco_results, write_json
+    from .io import write_labels
+
+    stack_shape, read_plane = engine.array_plane_reader(stack, 3 if rgb else 2)
+    found = _run_with_bar(engine.segment_stack_steps(model, stack_shape, read_plane, options, image_options.conversion()))
     if labels_path is not None:
-        write_labels(labels_path, link.labels)
+        write_labels(labels_path, found.link.labels)
     if proposals_path is not None:
-        global_id = {(int(p), int(i)): int(g) for p, i, g in zip(link.plane, link.local_id, link.global_id)}
-        records = []
-        for plane, result in enumerate(found):
-            for record in coco_results(result, image_id=plane):
-                record["id"] = global_id.get((plane, record["id"]), 0)  # 0: hidden by larger objects
-                records.append(record)
-        write_json(proposals_path, records)
-    return link.n_objects
+        write_json(proposals_path, stack_coco_results(found.link, found.planes))
+    return found.link.n_objects
 
 
 def run_segment_anything(args: argparse.Namespace) -> int:
@@ -264,7 +339,8 @@ def run_segment_anything(args: argparse.Namespace) -> int:
     model = _load_model(args, with_detector=False)
     result = model.segment_anything(
         read_image(args.image), points=points + negative or None,
-        point_labels=[1] * len(points) + [0] * len(negative), boxes=boxes or None, **_conversion(args),
+        point_labels=[1] * len(points) + [0] * len(negative), boxes=boxes or None,
+        **options_from_args(ImageOptions, args).conversion(),
     )
     _write_outputs(result, labels_path, proposals_path, 0)
     print(f"{args.image}: {len(result)} objects")
@@ -294,31 +370,54 @@ def _write_outputs(result, labels_path, proposals_path, image_id: int) -> None:
 def run_models(args: argparse.Namespace) -> int:
     from .models import download
 
-    names = args.names or list(WEIGHT_FILES)
-    unknown = [n for n in names if n not in WEIGHT_FILES]
+    unknown = [n for n in args.names if n not in WEIGHT_FILES]
     if unknown:
         raise InputError(f"unknown weights file(s) {', '.join(unknown)}; known: {', '.join(WEIGHT_FILES)}")
     if args.action == "path":
-        print(download.cache_dir() if not args.names else "\n".join(str(download.cached_path(n)) for n in names))
+        print(download.cache_dir() if not args.names else "\n".join(str(download.cached_path(n)) for n in args.names))
     elif args.action == "list":
-        for name in names:
-            entry = WEIGHT_FILES[name]
-            present = "cached" if download.cached_path(name).is_file() else "missing"
-            size = f"{entry.size / 1e6:.0f} MB" if entry.size else "size n/a"
-            print(f"{name:32s} {entry.slot:8s} {size:>9s} {present:7s} {entry.description}")
+        _print_table(["file", "used for", "size", "status", "description"],
+                     [_listing_row(name) for name in args.names or WEIGHT_FILES])
     elif args.action == "download":
-        for name in names:
+        for name in args.names or default_weight_set():
             print(download.fetch(name))
     else:
-        failures = 0
-        for name in names:
-            try:
-                print(download.verify(name))
-            except MobileSAMv2Error as exc:
-                print(f"{name}: {exc}")
-                failures += 1
-        return 1 if failures else 0
+        return _verify(args.names or default_weight_set())
     return 0
+
+
+def _listing_row(name: str) -> list[str]:
+    from .models import download
+
+    entry, path = WEIGHT_FILES[name], download.cached_path(name)
+    size = entry.size or (path.stat().st_size if path.is_file() else None)
+    return [name, entry.slot, f"{size / 1e6:,.0f} MB" if size else "unknown",
+            "in cache" if path.is_file() else "missing", entry.description]
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+
+def _verify(names: Sequence[str]) -> int:
+    """Check the cached files' sha256; status 2 when one is missing or damaged."""
+    from .models import download
+
+    problems = 0
+    for name in names:
+        if not download.cached_path(name).is_file():
+            print(f"{name}: missing (get it with 'napari-mobilesamv2 models download {name}')")
+            problems += 1
+            continue
+        try:
+            print(download.verify(name))
+        except MobileSAMv2Error as exc:
+            print(f"{name}: {exc}")
+            problems += 1
+    print(f"cache folder: {download.cache_dir()}")
+    return EXIT_USER_ERROR if problems else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from .decode.masks import MaskCrop
-from .errors import OutputError
+from .io import atomic_write
+from .stack import LinkedStack
 
 
 def encode_rle(crop: MaskCrop, shape: tuple[int, int]) -> dict:
@@ -49,8 +51,23 @@ def coco_results(segmentation, image_id: int = 0, category_id: int = 1) -> list[
     return results
 
 
+def stack_coco_results(link: LinkedStack, planes: Sequence) -> list[dict]:
+    """COCO results of every plane of a linked stack: ``image_id`` is the flat plane index.
+
+    Each record's ``id`` is the object's id in the linked labels (shared through
+    the planes), or 0 for an object that larger objects hide completely.
+    """
+    global_id = {(int(p), int(i)): int(g) for p, i, g in zip(link.plane, link.local_id, link.global_id)}
+    records = []
+    for plane, result in enumerate(planes):
+        for record in coco_results(result, image_id=plane):
+            record["id"] = global_id.get((plane, record["id"]), 0)
+            records.append(record)
+    return records
+
+
 def write_json(path: str | os.PathLike, data) -> None:
-    """Write JSON atomically (a temporary file renamed into place).
+    """Write JSON atomically (see :func:`napari_mobilesamv2.io.atomic_write`).
 
     Raises
     ------
@@ -58,13 +75,5 @@ def write_json(path: str | os.PathLike, data) -> None:
         The file cannot be written (e.g. the disk is full); an existing file at `path`
         is left as it was and no partial file remains.
     """
-    tmp = f"{os.fspath(path)}.partial"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}; nothing was written") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,31 @@ def check_output_path(path: str | os.PathLike, inputs: tuple[str | os.PathLike, 
     return path
 
 
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file completely or not at all.
+
+    Yields a temporary path next to `path`; when the block ends without an error
+    the temporary file is renamed onto `path` (an atomic step on one file system).
+    On any error the temporary file is removed and an existing file at `path` is
+    left as it was.
+
+    Raises
+    ------
+    OutputError
+        The file cannot be written (no permission, disk full, ...).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     """Write a label image as a compressed TIFF, atomically (no half-written file on failure).
 
@@ -79,12 +106,5 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
         The file cannot be written (e.g. the disk is full); an existing file at `path`
         is left as it was.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_write(path) as tmp:
         tifffile.imwrite(tmp, labels, compression="zlib", metadata={"axes": "YX"} if labels.ndim == 2 else None)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -122,3 +122,8 @@ def human_url(url: str) -> str:
     if url.startswith("gdrive:"):
         return f"https://drive.google.com/uc?id={url.removeprefix('gdrive:')}"
     return url
+
+
+def default_weight_set(encoder: str = DEFAULT_ENCODER) -> tuple[str, ...]:
+    """The files a run with `encoder` needs: its image encoder, the decoder and the detector."""
+    return ENCODER_FILES[encoder], DECODER_FILE, DETECTOR_FILE

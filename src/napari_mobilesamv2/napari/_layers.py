@@ -22,29 +22,11 @@ import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes
 
 from ..decode.labels import merge_labels
+from ..engine import stack_keys
 from ..errors import InputError
+from ..options import ImageOptions
 
 Plane = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ImageSettings:
-    """How a plane of an image layer becomes the models' 8-bit RGB input.
-
-    Attributes
-    ----------
-    normalization : str
-        ``auto``, ``percentile``, ``minmax``, ``contrast_limits`` (the layer's
-        current contrast limits) or ``none``; see :mod:`napari_mobilesamv2.imaging`.
-    channel_axis : int, optional
-        Layer axis holding channels (not needed for RGB/RGBA layers).
-    channels : tuple of int, optional
-        Up to three channels of that axis to feed R, G, B.
-    """
-
-    normalization: str = "auto"
-    channel_axis: int | None = None
-    channels: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +39,7 @@ class ImageView:
 
     layer: Image
     plane_axes: tuple[int, int]
-    settings: ImageSettings = field(default_factory=ImageSettings)
+    settings: ImageOptions = field(default_factory=ImageOptions)
     contrast_limits: tuple[float, float] = (0.0, 255.0)
 
     @property
@@ -89,7 +71,7 @@ class ImageView:
 
     def planes(self) -> list[Plane]:
         """Every plane of the stack, in C order."""
-        return [tuple(int(i) for i in index) for index in np.ndindex(*self.stack_shape)]
+        return stack_keys(self.stack_shape)
 
     def key(self, plane: Plane) -> tuple:
         """Index of `plane` into the layer data (channels and RGB kept whole)."""
@@ -153,7 +135,7 @@ class ImageView:
 
 
 def image_view(
-    layer: Image, viewer=None, settings: ImageSettings | None = None, plane_axes: Sequence[int] | None = None
+    layer: Image, viewer=None, settings: ImageOptions | None = None, plane_axes: Sequence[int] | None = None
 ) -> ImageView:
     """An :class:`ImageView` whose plane is the one displayed in `viewer`.
 
@@ -162,7 +144,7 @@ def image_view(
     """
     if not isinstance(layer, Image):
         raise InputError(f"{getattr(layer, 'name', layer)!r} is not an image layer")
-    settings = settings or ImageSettings()
+    settings = settings or ImageOptions()
     channel_axis = settings.channel_axis
     if channel_axis is not None and not 0 <= channel_axis < layer.ndim:
         raise InputError(f"channel axis {channel_axis} does not exist in the {layer.ndim}D layer {layer.name!r}")

@@ -27,20 +27,20 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
+from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QWidget
 
+from ..engine import Progress
 from ..errors import InputError, MobileSAMv2Error
-from ..imaging import NORMALIZATIONS
-from ..models.registry import DEFAULT_ENCODER, ENCODERS
-from ..pipeline import STRATEGIES
+from ..options import DEVICES, EverythingOptions, ImageOptions, ModelOptions, option_info, options_of
 from . import api
-from ._layers import ImageSettings, current_plane, image_view, points_on_plane, shapes_to_boxes
+from ._layers import current_plane, image_view, points_on_plane, shapes_to_boxes
+from ._options_form import OptionsForm, option_widget
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 POLICIES = [("new ids", "new_ids"), ("fill background only", "fill_background"), ("overwrite", "overwrite")]
 RUN_ANYTHING_KEY = "Shift-S"
 TOGGLE_NEGATIVE_KEY = "Shift-N"
@@ -81,14 +81,11 @@ class ImageControls(Container):
         super().__init__(labels=True)
         self.viewer = viewer
         self.image = ComboBox(label="image", choices=_layers_of(viewer, Image))
-        self.normalization = ComboBox(
-            label="normalization", choices=NORMALIZATIONS, value="auto",
-            tooltip="auto: uint8 as is, other dtypes by percentiles (1, 99.8); contrast_limits: the layer's",
-        )
-        self.channel_axis = ComboBox(label="channel axis", choices=self._axis_choices)
-        self.channels = LineEdit(
-            label="channels", value="", tooltip="up to 3 channels of the channel axis for R, G, B, e.g. 0,2"
-        )
+        self.normalization = option_widget(option_info(ImageOptions, "normalization"))
+        self.channel_axis = ComboBox(label="channel axis", choices=self._axis_choices,
+                                     tooltip=option_info(ImageOptions, "channel_axis").help_with_default())
+        self.channels = LineEdit(label="channels", value="",
+                                 tooltip=option_info(ImageOptions, "channels").help_with_default())
         self.extend([self.image, self.normalization, self.channel_axis, self.channels])
         self.image.changed.connect(self.channel_axis.reset_choices)
         self._follow_active_image()
@@ -130,16 +127,15 @@ class ImageControls(Container):
 
 
 class ModelControls(Container):
-    """Encoder, device and whether to trust an unknown detector file."""
+    """Encoder, device and whether to trust an unknown detector file (from :class:`ModelOptions`)."""
 
     def __init__(self):
         super().__init__(labels=True)
-        self.encoder = ComboBox(label="encoder", choices=ENCODERS, value=DEFAULT_ENCODER)
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        self.trust_weights = CheckBox(
-            text="trust weights", value=False,
-            tooltip="allow loading a detector file whose checksum is not the published one (it is a pickle)",
-        )
+        infos = {info.name: info for info in options_of(ModelOptions)}
+        self.encoder = option_widget(infos["encoder"])
+        device = infos["device"]
+        self.device = ComboBox(label="device", choices=DEVICES, value=device.default, tooltip=device.help_with_default())
+        self.trust_weights = option_widget(infos["trust_weights"])
         self.extend([self.encoder, self.device, self.trust_weights])
 
     def settings(self) -> dict:
@@ -210,8 +206,10 @@ class JobWidget(Container):
             self._report(error)
             return
         self.last_error = None
-        progress = {"total": job.total, "desc": job.description}
-        worker = create_worker(_carry_errors(job.steps), _progress=progress, _ignore_errors=True)
+        worker = create_worker(_carry_errors(job.steps), _ignore_errors=True)
+        bar = progress(total=job.total, desc=job.description)
+        worker.yielded.connect(partial(self._show_progress, bar))
+        worker.finished.connect(bar.close)
         worker.returned.connect(lambda result: self._apply(job, result, then))
         worker.errored.connect(self._report)
         worker.warned.connect(_show_warning)
@@ -221,6 +219,12 @@ class JobWidget(Container):
         self.cancel_button.enabled = True
         self._set_status(f"running: {job.description}")
         worker.start()
+
+    def _show_progress(self, bar, step: Progress) -> None:
+        bar.total = step.total
+        bar.n = step.done
+        bar.set_description(step.detail[:80] or step.stage)
+        self._set_status(f"running: {step.detail or step.stage}")
 
     def cancel(self) -> None:
         """Stop the running job at its next step; no layer is changed."""
@@ -267,15 +271,20 @@ class SegmentEverythingWidget(JobWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         viewer = napari_viewer
-        self.strategy = ComboBox(label="strategy", choices=STRATEGIES, value="object-aware")
-        self.conf = FloatSpinBox(label="detector conf", value=0.4, min=0.0, max=1.0, step=0.05)
-        self.iou = FloatSpinBox(label="NMS IoU", value=0.9, min=0.0, max=1.0, step=0.05)
-        self.max_prompts = SpinBox(label="max prompts", value=320, min=1, max=5000)
-        self.points_per_side = SpinBox(label="grid points/side", value=32, min=1, max=128)
+        everything = {info.name: info for info in options_of(EverythingOptions)}
+        self.strategy = option_widget(everything["strategy"])
+        self.main_options = OptionsForm(
+            everything[name] for name in ("conf", "iou", "max_prompts", "points_per_side")
+        )
+        self.advanced = OptionsForm(
+            everything[name] for name in ("imgsz", "batch_size", "exact", "min_predicted_iou", "min_stability",
+                                          "min_area")
+        )
+        self.show_advanced = CheckBox(text="advanced settings", value=False)
         self.scope = RadioButtons(
             label="scope", choices=[("current plane", "plane"), ("whole stack", "stack")], value="plane"
         )
-        self.link_iou = FloatSpinBox(label="link IoU (stack)", value=0.5, min=0.01, max=1.0, step=0.05)
+        self.link_iou = option_widget(everything["link_iou"])
         self.output = ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"))
         self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids")
         self.run_button = PushButton(text="Segment everything")
@@ -283,21 +292,36 @@ class SegmentEverythingWidget(JobWidget):
         self.show_boxes_button = PushButton(text="Show boxes")
         self.decode_boxes_button = PushButton(text="Decode boxes")
         self.extend([
-            self.images, self.model, self.strategy, self.conf, self.iou, self.max_prompts, self.points_per_side,
+            self.images, self.model, self.strategy, self.main_options, self.show_advanced, self.advanced,
             self.scope, self.link_iou, self.output, self.policy, self.run_button, self.cancel_button,
             self.boxes, self.show_boxes_button, self.decode_boxes_button, self.status,
         ])
+        self.strategy.changed.connect(self._show_applicable)
+        self.show_advanced.changed.connect(self._show_applicable)
+        self.scope.changed.connect(self._show_applicable)
+        self._show_applicable()
         self.run_button.changed.connect(self.run)
         self.show_boxes_button.changed.connect(self.show_boxes)
         self.decode_boxes_button.changed.connect(self.decode_boxes)
 
+    def _show_applicable(self, _value=None) -> None:
+        """Show only the settings that apply to the chosen strategy and scope."""
+        strategy = self.strategy.value
+        self.main_options.show_for(strategy)
+        self.advanced.show_for(strategy)
+        self.advanced.visible = self.show_advanced.value
+        self.link_iou.visible = self.scope.value == "stack"
+
     def settings(self) -> dict:
-        """Every setting as keywords of :func:`~.api.segment_everything`."""
-        return {
-            **self.images.settings(), **self.model.settings(), "strategy": self.strategy.value,
-            "conf": self.conf.value, "iou": self.iou.value, "max_prompts": self.max_prompts.value,
-            "points_per_side": self.points_per_side.value, "link_iou": self.link_iou.value,
-        }
+        """Every setting that applies, as keywords of :func:`~.api.segment_everything`."""
+        strategy = self.strategy.value
+        chosen = {"strategy": strategy, "link_iou": self.link_iou.value}
+        for form in (self.main_options, self.advanced):
+            chosen.update({
+                name: value for name, value in form.values().items()
+                if strategy in form.infos[name].spec.strategies
+            })
+        return {**self.images.settings(), **self.model.settings(), **chosen}
 
     def run(self) -> None:
         """Segment everything with the current settings (in a worker)."""
@@ -327,8 +351,13 @@ class SegmentEverythingWidget(JobWidget):
         self.launch(make_job)
 
     def _box_settings(self) -> dict:
-        settings = self.settings()
-        del settings["strategy"], settings["points_per_side"], settings["link_iou"]
+        """Settings of the object-aware strategy, whatever strategy is chosen (boxes come from the detector)."""
+        settings = {**self.images.settings(), **self.model.settings()}
+        for form in (self.main_options, self.advanced):
+            settings.update({
+                name: value for name, value in form.values().items()
+                if "object-aware" in form.infos[name].spec.strategies and "grid" not in form.infos[name].spec.strategies
+            })
         return settings
 
     def _pick_boxes(self, layer: Shapes) -> None:
@@ -371,7 +400,7 @@ class SegmentAnythingWidget(JobWidget):
         return {**self.images.settings(), **self.model.settings()}
 
     def _view(self):
-        return image_view(self.images.selected_image(), self.viewer, ImageSettings(**self.images.settings()))
+        return image_view(self.images.selected_image(), self.viewer, ImageOptions(**self.images.settings()))
 
     def run(self) -> None:
         """Segment the prompted objects of the current plane (in a worker)."""

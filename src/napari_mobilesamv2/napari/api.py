@@ -6,26 +6,29 @@ into layers; main thread). The widgets run ``steps`` in a napari thread worker; 
 functions below (:func:`segment_everything`, :func:`segment_anything`,
 :func:`show_boxes`, :func:`decode_boxes`) run both halves at once, for scripts.
 
-Settings are plain keywords, see :class:`ModelSettings`, :class:`EverythingOptions`
-and :class:`~napari_mobilesamv2.napari._layers.ImageSettings`.
+Settings are plain keywords: the fields of :class:`~napari_mobilesamv2.options.ModelOptions`,
+:class:`~napari_mobilesamv2.options.EverythingOptions` and
+:class:`~napari_mobilesamv2.options.ImageOptions`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
+from .. import engine
 from ..decode.labels import ID_POLICIES
 from ..errors import InputError
-from ..models.registry import DEFAULT_ENCODER
-from ..pipeline import STRATEGIES, MobileSAMv2, Segmentation
+from ..options import EverythingOptions, ImageOptions, ModelOptions
+from ..pipeline import MobileSAMv2
+from ..results import Segmentation
 from ..stack import link_planes, linked_table
 from ._layers import (
-    ImageSettings,
     ImageView,
     Plane,
     PointPrompts,
@@ -45,42 +48,9 @@ from ._models import EMBEDDINGS, get_pipeline
 SCOPES = ("plane", "stack")
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """Which pipeline to use: `encoder` (see ``ENCODERS``), `device`, `trust_weights`."""
-
-    encoder: str = DEFAULT_ENCODER
-    device: str = "auto"
-    trust_weights: bool = False
-
-    def pipeline(self) -> MobileSAMv2:
-        return get_pipeline(self.encoder, self.device, self.trust_weights)
-
-
-@dataclass(frozen=True)
-class EverythingOptions:
-    """Segment-everything parameters.
-
-    Attributes
-    ----------
-    strategy : str
-        ``object-aware`` (detector boxes, MobileSAMv2) or ``grid`` (SAM's point grid).
-    conf, iou : float
-        Detector confidence threshold and NMS IoU.
-    max_prompts : int
-        Most detector boxes decoded per plane.
-    points_per_side : int
-        Grid size of the ``grid`` strategy.
-    link_iou : float
-        Least mask IoU for objects of neighbouring planes to share an id (whole stack).
-    """
-
-    strategy: str = "object-aware"
-    conf: float = 0.4
-    iou: float = 0.9
-    max_prompts: int = 320
-    points_per_side: int = 32
-    link_iou: float = 0.5
+def pipeline_for(model: ModelOptions) -> MobileSAMv2:
+    """The (cached) pipeline of these model settings."""
+    return get_pipeline(model.encoder, model.device, model.trust_weights)
 
 
 @dataclass
@@ -103,8 +73,9 @@ class BoxesResult:
 
 @dataclass
 class Job:
-    """A prepared action: ``steps`` yields once per unit of progress and returns a result
-    that ``apply`` writes into the viewer."""
+    """A prepared action: ``steps`` yields a :class:`~napari_mobilesamv2.engine.Progress` after
+    every step and returns a result that ``apply`` writes into the viewer; `total` is the
+    number of planes."""
 
     steps: Callable[[], Generator[None, None, Any]]
     total: int
@@ -121,14 +92,14 @@ class Job:
                 return self.apply(done.value)
 
 
-def split_settings(settings: dict[str, Any]) -> tuple[ModelSettings, EverythingOptions, ImageSettings]:
-    """Sort keyword settings into the three settings objects."""
-    groups = (ModelSettings, EverythingOptions, ImageSettings)
+def split_settings(settings: dict[str, Any]) -> tuple[ModelOptions, EverythingOptions, ImageOptions]:
+    """Sort keyword settings into the three options objects of :mod:`napari_mobilesamv2.options`."""
+    groups = (ModelOptions, EverythingOptions, ImageOptions)
     values: list[dict[str, Any]] = [{} for _ in groups]
     for name, value in settings.items():
         for group, bucket in zip(groups, values):
             if name in {f.name for f in fields(group)}:
-                bucket[name] = tuple(value) if name == "channels" and value is not None else value
+                bucket[name] = value
                 break
         else:
             known = sorted(f.name for g in groups for f in fields(g))
@@ -157,31 +128,31 @@ def prepare_everything(
 
     See :func:`segment_everything` for the parameters.
     """
-    model, options, image_settings = split_settings(settings)
+    model, options, image_options = split_settings(settings)
     _check_choice("id policy", policy, ID_POLICIES)
     _check_choice("scope", scope, SCOPES)
-    _check_choice("strategy", options.strategy, STRATEGIES)
-    view = image_view(image, viewer, image_settings)
+    view = image_view(image, viewer, image_options)
     check_output(view, output)
     planes = view.planes() if scope == "stack" else [_plane(view, viewer, plane)]
 
     def steps():
-        pipe = pipeline or model.pipeline()
-        yield
-        found = []
-        for p in planes:
-            found.append(_segment_plane(pipe, view, p, options, boxes_xyxy))
-            yield
+        pipe = yield from _load(pipeline, model)
+        embedding_of = partial(_plane_embedding, pipe, view)
         if scope == "plane":
-            return _plane_result(view, planes[0], found[0], box_scores)
-        yield  # linking counts as one step
-        return _stack_result(view, planes, found, options.link_iou)
+            found, = yield from engine.segment_planes(
+                pipe, planes, view.read, options, view.conversion(), embedding_of=embedding_of, boxes_xyxy=boxes_xyxy,
+            )
+            return _plane_result(view, planes[0], found, box_scores)
+        stacked = yield from engine.segment_stack_steps(
+            pipe, view.stack_shape, view.read, options, view.conversion(), embedding_of=embedding_of,
+        )
+        return _stack_result(view, stacked)
 
     def apply(result: LabelsResult) -> Labels:
         return apply_labels(result, view, viewer, output, policy, name or f"{image.name} objects")
 
     where = "the whole stack" if scope == "stack" else "the current plane"
-    total = 1 + len(planes) + (scope == "stack")
+    total = len(planes)
     return Job(steps, total, apply, f"segment everything in {where} of {image.name}")
 
 
@@ -221,10 +192,12 @@ def segment_everything(
     name : str, optional
         Name of a new labels layer (default ``"<image> objects"``).
     **settings
-        ``encoder``, ``device``, ``trust_weights`` (:class:`ModelSettings`);
-        ``strategy``, ``conf``, ``iou``, ``max_prompts``, ``points_per_side``,
-        ``link_iou`` (:class:`EverythingOptions`); ``normalization``,
-        ``channel_axis``, ``channels`` (:class:`ImageSettings`).
+        Any field of :class:`~napari_mobilesamv2.options.ModelOptions` (``encoder``,
+        ``device``, ``trust_weights``), :class:`~napari_mobilesamv2.options.EverythingOptions`
+        (``strategy``, ``conf``, ``iou``, ``imgsz``, ``max_prompts``, ``batch_size``,
+        ``exact``, ``min_*`` filters, ``points_per_side``, ``link_iou``) and
+        :class:`~napari_mobilesamv2.options.ImageOptions` (``normalization``,
+        ``channel_axis``, ``channels``).
 
     Returns
     -------
@@ -238,15 +211,15 @@ def segment_everything(
     ).run()
 
 
-def _segment_plane(
-    pipeline: MobileSAMv2, view: ImageView, plane: Plane, options: EverythingOptions, boxes_xyxy=None
-) -> Segmentation:
-    image = view.read(plane)
-    return pipeline.segment_everything(
-        image, strategy=options.strategy, conf=options.conf, iou=options.iou, max_prompts=options.max_prompts,
-        points_per_side=options.points_per_side, boxes_xyxy=boxes_xyxy,
-        embedding=cached_embedding(pipeline, view, plane, image), **view.conversion(),
-    )
+def _load(pipeline: MobileSAMv2 | None, model: ModelOptions) -> engine.Steps[MobileSAMv2]:
+    """The pipeline to use, loading it (a step of its own: it may download weights)."""
+    pipe = pipeline or pipeline_for(model)
+    yield engine.Progress("models", 0, 1, f"models ready ({getattr(pipe, 'encoder_name', 'custom')})")
+    return pipe
+
+
+def _plane_embedding(pipeline: MobileSAMv2, view: ImageView, plane: Plane, pixels: np.ndarray):
+    return cached_embedding(pipeline, view, plane, pixels)
 
 
 def cached_embedding(pipeline: MobileSAMv2, view: ImageView, plane: Plane, image: np.ndarray | None = None):
@@ -269,9 +242,8 @@ def _plane_result(view: ImageView, plane: Plane, found: Segmentation, scores=Non
     return LabelsResult(found.labels, view.labels_key(plane), table)
 
 
-def _stack_result(view: ImageView, planes: list[Plane], found: list[Segmentation], link_iou: float) -> LabelsResult:
-    stacked = np.stack([s.labels for s in found]).reshape(*view.stack_shape, *found[0].labels.shape)
-    link = link_planes(stacked, link_iou)
+def _stack_result(view: ImageView, stacked: engine.StackResult) -> LabelsResult:
+    link, found, planes = stacked.link, stacked.planes, stacked.keys
     table = linked_table(link, [s.table() for s in found])
     first = [view.describe(planes[i]) for i in table["first_plane"]]
     last = [view.describe(planes[i]) for i in table["last_plane"]]
@@ -320,9 +292,9 @@ def prepare_anything(
     **settings,
 ) -> Job:
     """A :class:`Job` that segments the prompted objects; see :func:`segment_anything`."""
-    model, _, image_settings = split_settings(settings)
+    model, _, image_options = split_settings(settings)
     _check_choice("id policy", policy, ID_POLICIES)
-    view = image_view(image, viewer, image_settings)
+    view = image_view(image, viewer, image_options)
     check_output(view, output)
     plane = _plane(view, viewer, plane)
     no_points = PointPrompts(np.zeros((0, 2)), np.zeros(0, np.int64))
@@ -336,19 +308,18 @@ def prepare_anything(
         )
 
     def steps():
-        pipe = pipeline or model.pipeline()
-        yield
+        pipe = yield from _load(pipeline, model)
         found = pipe.segment_anything(
             view.read(plane), points=prompts.points, point_labels=prompts.labels, point_groups=prompts.groups,
             boxes=boxes, embedding=cached_embedding(pipe, view, plane), **view.conversion(),
         )
-        yield
+        yield engine.Progress("plane", 1, 1, f"{len(found)} objects")
         return _plane_result(view, plane, found)
 
     def apply(result: LabelsResult) -> Labels:
         return apply_labels(result, view, viewer, output, policy, name or f"{image.name} objects")
 
-    return Job(steps, 2, apply, f"segment anything in {image.name}")
+    return Job(steps, 1, apply, f"segment anything in {image.name}")
 
 
 def segment_anything(
@@ -392,24 +363,24 @@ def prepare_show_boxes(
     image: Image, viewer=None, *, plane: Plane | None = None, pipeline: MobileSAMv2 | None = None, **settings
 ) -> Job:
     """A :class:`Job` that adds the detector's boxes of the current plane as rectangles."""
-    model, options, image_settings = split_settings(settings)
-    view = image_view(image, viewer, image_settings)
+    model, options, image_options = split_settings(settings)
+    view = image_view(image, viewer, image_options)
     plane = _plane(view, viewer, plane)
 
     def steps():
-        pipe = pipeline or model.pipeline()
-        yield
+        pipe = yield from _load(pipeline, model)
         pixels = view.read(plane)
         rgb = pipe.prepare_image(pixels, **view.conversion())
         cached_embedding(pipe, view, plane, pixels)  # ready for "Decode boxes"
-        boxes, scores = pipe.detect(rgb, conf=options.conf, iou=options.iou)
-        yield
+        yield engine.Progress("embedding", 0, 1, "embedding done")
+        boxes, scores = pipe.detect(rgb, conf=options.conf, iou=options.iou, imgsz=options.imgsz)
+        yield engine.Progress("detecting", 1, 1, f"{len(boxes)} boxes")
         return BoxesResult(boxes[: options.max_prompts], scores[: options.max_prompts], plane)
 
     def apply(result: BoxesResult) -> Shapes:
         return add_box_layer(result, view, viewer)
 
-    return Job(steps, 2, apply, f"detect boxes in {image.name}")
+    return Job(steps, 1, apply, f"detect boxes in {image.name}")
 
 
 def show_boxes(image: Image, viewer=None, **kwargs) -> Shapes:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import engine
 from .errors import InputError, MobileSAMv2Error, OutputError
 from .models.registry import WEIGHT_FILES, default_weight_set
 from .options import EverythingOptions, ImageOptions, ModelOptions, OptionInfo, options_of
@@ -69,10 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples' line breaks; wider help column."""
+    """Wraps descriptions, keeps the examples' line breaks; wider help column."""
 
     def __init__(self, prog: str):
         super().__init__(prog, max_help_position=32)
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("example"):
+            return super()._fill_text(text, width, indent)
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent)
 
 
 def _version() -> str:
@@ -152,13 +157,16 @@ def _add_models_command(commands) -> None:
     models.set_defaults(run=run_models)
 
 
+_METAVARS = {int: "N", float: "X"}
+
+
 def _add_option(parser, info: OptionInfo) -> None:
     """One command-line flag from a core option: same default, choices and help."""
     if info.type is bool:
         parser.add_argument(info.flag, action="store_true", help=info.help_with_default())
         return
     kwargs = {"type": info.type, "default": info.default, "help": info.help_with_default(),
-              "metavar": info.name.upper() if info.spec.choices is None else None}
+              "metavar": _METAVARS.get(info.type, info.name.upper()) if info.spec.choices is None else None}
     if info.spec.choices is not None:
         kwargs["choices"] = info.spec.choices
     parser.add_argument(info.flag, **kwargs)
@@ -280,6 +288,7 @@ def _refuse_shared_outputs(images: list[Path], outputs: list[tuple[Path | None, 
 def run_segment_everything(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from . import engine
     from .io import read_image
 
     options = options_from_args(EverythingOptions, args)
@@ -304,8 +313,10 @@ def _run_with_bar(steps):
     """Drive engine steps with a progress bar of planes that shows the current step."""
     from tqdm.auto import tqdm
 
+    from . import engine
+
     with tqdm(desc="planes", unit="plane", leave=False) as bar:
-        def show(progress: engine.Progress) -> None:
+        def show(progress) -> None:
             bar.total = progress.total
             bar.n = progress.done
             bar.set_postfix_str(progress.detail[:60], refresh=True)
@@ -315,6 +326,7 @@ def _run_with_bar(steps):
 
 def _segment_stack_file(model, stack, labels_path, proposals_path, rgb: bool, options, image_options) -> int:
     """Segment and link a stack; write its nD labels and one proposal list (image_id = plane)."""
+    from . import engine
     from .export import stack_coco_results, write_json
     from .io import write_labels
 

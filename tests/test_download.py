@@ -5,7 +5,12 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import socket
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from dataclasses import replace
 from functools import partial
 
@@ -105,6 +110,118 @@ def test_offline_message_names_file_url_and_destination(cache, monkeypatch):
         download.fetch("l2.pt", progressbar=False)
     message = str(info.value)
     assert "l2.pt" in message and "http://127.0.0.1:9/l2.pt" in message and str(cache / "l2.pt") in message
+    assert "Download errors: 127.0.0.1:9: connection refused\n" in message
+    assert "HTTPConnectionPool" not in message and "Max retries" not in message
+
+
+def test_missing_message_says_how_to_give_files_you_have(cache):
+    message = download.missing_message(["l2.pt"])
+    assert message.splitlines()[-3:] == [
+        "Already have the files? Give their paths: --encoder-weights, --decoder-weights, --detector-weights",
+        "(command line); encoder_weights=, decoder_weights=, detector_weights= of MobileSAMv2.from_pretrained",
+        '(Python); the "Models" section of the plugin\'s dock (napari). Or set NAPARI_MOBILESAMV2_CACHE to their folder.',
+    ]
+
+
+@pytest.fixture()
+def silent_server():
+    """A port on 127.0.0.1 that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+@pytest.fixture()
+def full_server():
+    """A port on 127.0.0.1 whose connection queue is full: connecting to it hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    waiting = []
+    for _ in range(16):  # queued connections nobody accepts, until the kernel drops new ones
+        client = socket.socket()
+        client.settimeout(0.2)
+        try:
+            client.connect(address)
+        except TimeoutError:
+            client.close()
+            break
+        waiting.append(client)
+    else:
+        pytest.skip("the kernel kept accepting connections; cannot make connecting hang")
+    yield f"http://127.0.0.1:{address[1]}"
+    for client in waiting:
+        client.close()
+    listener.close()
+
+
+def _fast_timeouts(monkeypatch, connect=0.2, read=0.3, budget=60.0):
+    monkeypatch.setattr(download, "CONNECT_TIMEOUT_S", connect)
+    monkeypatch.setattr(download, "READ_TIMEOUT_S", read)
+    monkeypatch.setattr(download, "MIRRORS_BUDGET_S", budget)
+
+
+def test_server_that_never_answers_fails_after_the_read_timeout(silent_server, cache, monkeypatch):
+    _fast_timeouts(monkeypatch, read=0.3)
+    _register(monkeypatch, "l2.pt", f"{silent_server}/a", f"{silent_server}/b")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        download.fetch("l2.pt", progressbar=False)
+    elapsed = time.monotonic() - start
+    host = silent_server.removeprefix("http://")
+    assert f"Download errors: {host}: no data for 0.3 s\n" in str(info.value)  # both mirrors, said once
+    assert 0.6 <= elapsed < 3
+    assert not list(cache.glob("l2.pt*"))
+
+
+def test_server_that_never_accepts_fails_after_the_connect_timeout(full_server, cache, monkeypatch):
+    _fast_timeouts(monkeypatch, connect=0.2)
+    _register(monkeypatch, "l2.pt", f"{full_server}/a")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match=r"Download errors: 127.0.0.1:\d+: no connection within 0.2 s"):
+        download.fetch("l2.pt", progressbar=False)
+    assert time.monotonic() - start < 2
+
+
+def test_mirrors_are_not_tried_once_the_budget_is_spent(silent_server, server, cache, monkeypatch):
+    _fast_timeouts(monkeypatch, read=0.3, budget=0.1)
+    _register(monkeypatch, "mobile_sam.pt", f"{silent_server}/a", f"{server}/file.bin",
+              sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    with pytest.raises(WeightsUnavailableError) as info:
+        download.fetch("mobile_sam.pt", progressbar=False)
+    host = server.removeprefix("http://")
+    assert f"; {host}: not tried, 0 s already spent on this file\n" in str(info.value)
+    assert not (cache / "mobile_sam.pt").exists()
+
+
+OFFLINE_CLI = """
+import socket, sys
+
+def offline(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+socket.getaddrinfo = offline
+from napari_mobilesamv2.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_command_line_without_network_says_what_to_do_in_a_few_lines(tmp_path, cache):
+    image = tmp_path / "cells.png"
+    image.write_bytes(b"")  # never read: the weights are loaded first
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(OFFLINE_CLI), "segment-everything", str(image),
+         "--labels", str(tmp_path / "labels.tif")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    err = done.stderr
+    assert err.startswith("error: Model weights are missing and could not be downloaded:\n"), err
+    assert "--encoder-weights" in err and "github.com: cannot resolve the name (offline?)" in err
+    for noise in ("Traceback", "HTTPSConnectionPool", "Downloading", "WARNING", "Max retries"):
+        assert noise not in err, err
+    assert len(err.splitlines()) == 8, err  # header, 3 files, errors, 3 lines of how to give files
 
 
 def test_no_download_allowed(cache):

@@ -1,6 +1,11 @@
 """napari-mobilesamv2: MobileSAMv2 segment everything / anything, headless and in napari."""
 
-from . import _llvm_guard  # noqa: F401  (first, before torch: napari on Mesa OpenGL, see the module)
+import sys as _sys
+
+if "napari" in _sys.modules:  # inside napari (the plugin): its graphics workaround goes before torch
+    from .napari._llvm_guard import block_triton_if_llvm_loaded
+
+    block_triton_if_llvm_loaded()
 
 from .decode.prompted import ObjectPrompt
 from .embedding import ImageEmbedding

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from .errors import InputError, MobileSAMv2Error, OutputError
@@ -28,8 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    if not args.verbose:
+        _quiet_third_party_logs()
     with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+        warnings.showwarning = partial(_show_warning, verbose=args.verbose)
         try:
             return args.run(args) or 0
         except MobileSAMv2Error as exc:
@@ -40,9 +43,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one ``warning: ...`` line, without the source location."""
-    print(f"warning: {message}", file=sys.stderr)
+def _quiet_third_party_logs() -> None:
+    """No connection chatter on the terminal: download failures end in one error message."""
+    import pooch  # its logger is not in logging's tree: logging.getLogger("pooch") is another one
+
+    pooch.get_logger().setLevel(logging.WARNING)  # "Downloading data from ..."
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # "Retrying (Retry(...)) after connection broken ..."
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, *, verbose: bool = False) -> None:
+    """Our warnings as one ``warning: ...`` line; other packages' warnings only with --verbose, named."""
+    origin = None if category.__module__.startswith(__package__) else _warning_origin(filename)
+    if origin is None:
+        print(f"warning: {message}", file=sys.stderr)
+    elif verbose:
+        print(f"warning ({origin}): {message}", file=sys.stderr)
+    else:
+        logging.getLogger(__name__).debug("warning from %s: %s", origin, message)
+
+
+def _warning_origin(filename: str) -> str | None:
+    """None for a warning raised in this package, else the name of the package (or file) that raised it."""
+    path = Path(filename).resolve()
+    package = Path(__file__).resolve().parent
+    if path.is_relative_to(package):
+        return None
+    parts = path.parts
+    for folder in ("site-packages", "dist-packages"):
+        if folder in parts[:-1]:
+            return Path(parts[parts.index(folder) + 1]).stem
+    return path.name
 
 
 class _Parser(argparse.ArgumentParser):

@@ -41,3 +41,21 @@ def test_widgets_open_and_run_after_the_viewer_exists():
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "OK (64, 64)" in done.stdout
+
+
+def test_scripting_api_does_not_load_the_widgets():
+    """``napari_mobilesamv2.napari`` imports its Qt widgets only when they are asked for."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from napari_mobilesamv2.napari import segment_everything, set_pipeline_factory
+        assert "napari_mobilesamv2.napari._widgets" not in sys.modules
+        assert "qtpy" not in sys.modules
+        from napari_mobilesamv2.napari import SegmentEverythingWidget
+        assert "napari_mobilesamv2.napari._widgets" in sys.modules
+        print("OK")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "OK"

@@ -5,6 +5,12 @@ Files live in one cache directory: the platform cache dir (``pooch.os_cache``) o
 the path of a copy they already have. Downloads go through pooch (atomic: a failed
 download leaves no partial file). Files without a published sha256 are pinned at
 their first download in ``pins.json`` and checked against that pin afterwards.
+
+Offline or on a bad network a download fails fast: a server must accept the
+connection within ``CONNECT_TIMEOUT_S`` and never stay silent longer than
+``READ_TIMEOUT_S``, and no further mirror of a file is tried once
+``MIRRORS_BUDGET_S`` were spent on it. Each failure is summarised in one short
+reason, which the "weights are missing" message lists.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import html.parser
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pooch
 
@@ -27,6 +35,16 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "NAPARI_MOBILESAMV2_CACHE"
 PINS_FILE = "pins.json"
 _HASH_CACHE_FILE = "hash-cache.json"
+
+#: seconds a server may take to accept the connection
+CONNECT_TIMEOUT_S = 5.0
+#: seconds a server may stay silent before or during a download
+READ_TIMEOUT_S = 60.0
+#: once this many seconds were spent on a file, its remaining mirrors are not tried
+MIRRORS_BUDGET_S = 90.0
+
+# file name -> reasons its last download attempt failed (one per mirror), for missing_message
+_failures: dict[str, list[str]] = {}
 
 
 def cache_dir() -> Path:
@@ -123,15 +141,22 @@ def fetch(name: str, *, download: bool = True, progressbar: bool = True) -> Path
         raise WeightsUnavailableError(missing_message([name]))
     _ensure_writable(target.parent)
     errors = []
+    started = time.monotonic()
     for url in entry.urls:
+        spent = time.monotonic() - started
+        if spent > MIRRORS_BUDGET_S:
+            errors.append(f"{_host(url)}: not tried, {spent:.0f} s already spent on this file")
+            continue
         try:
             _download(entry, url, target, progressbar)
             break
         except Exception as exc:  # network, HTTP or hash errors: try the next mirror
-            errors.append(f"{human_url(url)}: {exc}")
-            log.warning("download of %s from %s failed: %s", name, human_url(url), exc)
+            errors.append(download_error_reason(exc, url))
+            log.debug("download of %s from %s failed", name, human_url(url), exc_info=exc)
     else:
-        raise WeightsUnavailableError(missing_message([name], errors))
+        _failures[name] = errors
+        raise WeightsUnavailableError(missing_message([name]))
+    _failures.pop(name, None)
     if entry.sha256 is None and pinned_sha256(name) is None:
         try:
             _pin(entry, target)
@@ -142,16 +167,76 @@ def fetch(name: str, *, download: bool = True, progressbar: bool = True) -> Path
 
 
 def missing_message(names: list[str], errors: list[str] | None = None) -> str:
-    """Message naming each missing file, its URL(s) and the path to put a copy."""
+    """Message naming each missing file, where to get it and how to give a copy you have.
+
+    `errors` defaults to the reasons the last download attempts of these files failed.
+    """
     lines = ["Model weights are missing and could not be downloaded:"]
     for name in names:
         entry = weight_file(name)
         urls = " or ".join(human_url(u) for u in entry.urls)
         lines.append(f"  {name}: download {urls} and save it as {cached_path(name)}")
+    if errors is None:
+        errors = [reason for name in names for reason in _failures.get(name, [])]
     if errors:
-        lines.append("Download errors: " + "; ".join(errors))
-    lines.append(f"(set {CACHE_ENV} to use another folder, or pass the file paths explicitly)")
+        lines.append("Download errors: " + "; ".join(dict.fromkeys(errors)))
+    lines += [
+        "Already have the files? Give their paths: --encoder-weights, --decoder-weights, --detector-weights",
+        "(command line); encoder_weights=, decoder_weights=, detector_weights= of MobileSAMv2.from_pretrained",
+        f'(Python); the "Models" section of the plugin\'s dock (napari). Or set {CACHE_ENV} to their folder.',
+    ]
     return "\n".join(lines)
+
+
+def download_error_reason(exc: BaseException, url: str) -> str:
+    """One short line saying why downloading `url` failed (no library internals).
+
+    Examples: ``github.com: cannot resolve the name (offline?)``,
+    ``example.org: HTTP 404 Not Found``.
+    """
+    import requests
+    import urllib3
+
+    host = _host(url)
+    chain = list(_causes(exc))
+
+    def has(*types: type) -> bool:
+        return any(isinstance(e, types) for e in chain)
+
+    if has(getattr(urllib3.exceptions, "NameResolutionError", socket.gaierror), socket.gaierror):  # urllib3 < 2
+        return f"{host}: cannot resolve the name (offline?)"
+    if has(ConnectionRefusedError):
+        return f"{host}: connection refused"
+    if has(requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError):
+        return f"{host}: no data for {READ_TIMEOUT_S:g} s"
+    if has(requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError):
+        return f"{host}: no connection within {CONNECT_TIMEOUT_S:g} s"
+    if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
+        return f"{host}: HTTP {exc.response.status_code} {exc.response.reason}"
+    if has(requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError):
+        return f"{host}: the connection broke off during the download"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return f"{host}: cannot connect"
+    return f"{host}: {exc}"
+
+
+def _causes(exc: BaseException | None):
+    """`exc` and the exceptions it wraps (causes, contexts, urllib3 reasons, exception args)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
+        todo += [a for a in e.args if isinstance(a, BaseException)]
+
+
+def _host(url: str) -> str:
+    """Host (and port) that a registry URL is downloaded from."""
+    return urlsplit(_gdrive_url(url) if url.startswith("gdrive:") else url).netloc
 
 
 def _download(entry: WeightFile, url: str, target: Path, progressbar: bool) -> None:
@@ -159,7 +244,7 @@ def _download(entry: WeightFile, url: str, target: Path, progressbar: bool) -> N
     if url.startswith("gdrive:"):
         url, downloader = _gdrive_url(url), GoogleDriveDownloader(progressbar=progressbar)
     else:
-        downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=60)
+        downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
     pooch.retrieve(
         url, known_hash=known_hash, fname=target.name, path=target.parent,
         downloader=downloader,
@@ -197,14 +282,15 @@ class GoogleDriveDownloader:
         import requests
 
         with requests.Session() as session:
-            response = session.get(url, stream=True, timeout=60)
+            timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+            response = session.get(url, stream=True, timeout=timeout)
             response.raise_for_status()
             if response.headers.get("Content-Type", "").startswith("text/html"):
                 form = _FormParser()
                 form.feed(response.text)
                 if not form.action:
                     raise OSError("Google Drive answered with a page instead of the file")
-                response = session.get(form.action, params=form.fields, stream=True, timeout=60)
+                response = session.get(form.action, params=form.fields, stream=True, timeout=timeout)
                 response.raise_for_status()
                 if response.headers.get("Content-Type", "").startswith("text/html"):
                     raise OSError("Google Drive refused the download (quota or permissions)")

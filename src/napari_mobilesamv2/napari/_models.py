@@ -9,13 +9,13 @@ mask decoder.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 from ..embedding import ImageEmbedding
 from ..pipeline import MobileSAMv2
+from ._qt_env import forget_opencv_qt_paths
 
 #: ``factory(encoder, device, trust_weights) -> MobileSAMv2``
 PipelineFactory = Callable[[str, str, bool], MobileSAMv2]
@@ -92,15 +92,3 @@ class EmbeddingCache:
 
 EMBEDDINGS = EmbeddingCache()
 
-
-def forget_opencv_qt_paths() -> None:
-    """Undo opencv-python's Qt environment variables.
-
-    ``import cv2`` (ultralytics, the detector) points ``QT_QPA_PLATFORM_PLUGIN_PATH``
-    at OpenCV's own Qt plugins, which makes a napari window created afterwards abort
-    ("Cannot move to target thread"). napari's Qt must use its own plugins.
-    """
-    for name in ("QT_QPA_PLATFORM_PLUGIN_PATH", "QT_QPA_FONTDIR"):
-        value = os.environ.get(name, "")
-        if os.sep + "cv2" + os.sep in value:
-            del os.environ[name]

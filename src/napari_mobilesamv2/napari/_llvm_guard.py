@@ -9,7 +9,10 @@ napari plugin after the viewer would crash napari.
 
 Triton only serves ``torch.compile``; this package runs eager PyTorch, so in such
 a process Triton is made unimportable (torch then runs without it). Processes
-without libLLVM (the CLI, scripts before a window exists) are left alone.
+without libLLVM (scripts before a window exists) are left alone. The check runs
+only where napari runs: when :mod:`napari_mobilesamv2.napari` is imported, and
+when the core package is imported into a process that already imported napari
+(the plugin's modules import the core package first, before torch).
 """
 
 from __future__ import annotations
@@ -34,5 +37,3 @@ def block_triton_if_llvm_loaded() -> bool:
         log.info("libLLVM is loaded (Mesa OpenGL): Triton disabled to avoid a crash; torch runs eagerly")
     return llvm_loaded
 
-
-block_triton_if_llvm_loaded()

@@ -287,7 +287,7 @@ class EverythingOptions(_Checked):
             warnings.warn(
                 f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with strategy "
                 f"{self.strategy!r}; {'it applies' if len(unused) == 1 else 'they apply'} to "
-                f"{_strategies_of(unused)} only", UserWarning, stacklevel=3,
+                f"{_strategies_of(unused)} only", UserWarning, stacklevel=2,
             )
 
 

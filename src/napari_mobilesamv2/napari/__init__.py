@@ -26,7 +26,6 @@ forget_opencv_qt_paths()
 
 #: public name -> submodule that defines it
 _EXPORTS = {
-    "ImageSettings": "._layers",
     "EMBEDDINGS": "._models",
     "get_pipeline": "._models",
     "set_pipeline_factory": "._models",
@@ -39,7 +38,7 @@ _EXPORTS = {
     **{
         name: ".api"
         for name in (
-            "EverythingOptions", "ModelSettings", "decode_boxes", "prepare_anything", "prepare_decode_boxes",
+            "decode_boxes", "pipeline_for", "prepare_anything", "prepare_decode_boxes",
             "prepare_everything", "prepare_show_boxes", "segment_anything", "segment_everything", "show_boxes",
         )
     },

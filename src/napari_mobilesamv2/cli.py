@@ -126,7 +126,7 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 def _load_model(args: argparse.Namespace, with_detector: bool):
     from .pipeline import MobileSAMv2
 
-    return MobileSAMv2(
+    return MobileSAMv2.from_pretrained(
         args.encoder, encoder_weights=args.encoder_weights, decoder_weights=args.decoder_weights,
         detector_weights=getattr(args, "detector_weights", None), device=args.device,
         trust_weights=getattr(args, "trust_weights", False), download=not args.no_download,

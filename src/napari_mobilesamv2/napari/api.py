@@ -22,7 +22,8 @@ from napari.layers import Image, Labels, Points, Shapes
 from ..decode.labels import ID_POLICIES
 from ..errors import InputError
 from ..models.registry import DEFAULT_ENCODER
-from ..pipeline import STRATEGIES, MobileSAMv2, Segmentation
+from ..pipeline import STRATEGIES, MobileSAMv2
+from ..results import Segmentation
 from ..stack import link_planes, linked_table
 from ._layers import (
     ImageSettings,

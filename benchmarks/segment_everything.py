@@ -130,8 +130,8 @@ def stack_run(depth: int, size: int, boxes_per_plane: int, encoder_name: str) ->
     from napari_mobilesamv2.stack import link_planes
 
     torch.manual_seed(1)
-    pipeline = MobileSAMv2.from_modules(build_image_encoder(encoder_name), build_prompt_encoder(),
-                                        build_mask_decoder(), device="cpu", encoder_name=encoder_name)
+    pipeline = MobileSAMv2(build_image_encoder(encoder_name), build_prompt_encoder(), build_mask_decoder(),
+                           device="cpu", encoder_name=encoder_name)
     stack = np.stack([synthetic_image(size, seed=z)[..., 0] for z in range(depth)])
     boxes = random_boxes(boxes_per_plane, size, seed=5)
     start = time.perf_counter()

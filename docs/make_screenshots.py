@@ -106,7 +106,7 @@ class StandIn:
 
         from napari_mobilesamv2.decode.masks import crop_to_content
         from napari_mobilesamv2.decode.prompted import DecodedMasks
-        from napari_mobilesamv2.pipeline import build_segmentation
+        from napari_mobilesamv2.results import build_segmentation
 
         crops = [crop_to_content(m) for m in masks]
         n = len(crops)
@@ -120,7 +120,7 @@ def choose_pipeline(stand_in: bool) -> str:
     """Install the real pipeline if its weights are cached, else the stand-in; say which."""
     if not stand_in:
         try:
-            model = MobileSAMv2(download=False)
+            model = MobileSAMv2.from_pretrained(download=False)
         except MobileSAMv2Error as error:
             print(f"real weights unavailable ({error}); using the stand-in")
         else:

@@ -65,7 +65,7 @@ def tiny_pipeline(tiny_encoder, sam_decoder, detector):
     """A complete MobileSAMv2 pipeline on CPU made of small random-weight models."""
     from napari_mobilesamv2 import MobileSAMv2
 
-    return MobileSAMv2.from_modules(tiny_encoder, *sam_decoder, detector, device="cpu", encoder_name="tiny-test")
+    return MobileSAMv2(tiny_encoder, *sam_decoder, detector, device="cpu", encoder_name="tiny-test")
 
 
 def write_weight_files(folder: Path, sam_decoder, seed: int = 0) -> tuple[Path, Path]:

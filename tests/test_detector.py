@@ -154,6 +154,14 @@ def test_wrong_files_raise_checkpoint_error(tmp_path, write, reason):
     assert "ObjectAwareModel.pt" in str(error.value) and "reg_max=26" in str(error.value)
 
 
+def test_bytes_load_like_the_file(detector):
+    from_bytes = load_object_aware_model(CHECKPOINT.read_bytes())
+    a, b = from_bytes.state_dict(), detector.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CheckpointError, match=r"^my-detector cannot be read as a detector checkpoint"):
+        load_object_aware_model(b"weights\n", source="my-detector")
+
+
 def test_missing_file_is_not_a_checkpoint_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_object_aware_model(tmp_path / "missing.pt")

@@ -8,8 +8,8 @@ import torch
 
 from napari_mobilesamv2 import InputError, MobileSAMv2, UntrustedWeightsError, objects_from_prompts
 from napari_mobilesamv2.decode.prompted import decode_boxes
+from napari_mobilesamv2.devices import resolve_device
 from napari_mobilesamv2.export import coco_results, decode_rle
-from napari_mobilesamv2.pipeline import resolve_device
 
 from .conftest import DETECTOR_FIXTURE, synthetic_cells, write_weight_files
 
@@ -149,13 +149,13 @@ def test_model_files_and_trust(tmp_path, sam_decoder, monkeypatch):
     files = dict(encoder_weights=encoder_path, decoder_weights=decoder_path,
                  detector_weights=DETECTOR_FIXTURE, device="cpu", download=False)
     with pytest.raises(UntrustedWeightsError, match="can run arbitrary code"):
-        MobileSAMv2("tiny_vit", **files)
-    model = MobileSAMv2("tiny_vit", trust_weights=True, **files)
+        MobileSAMv2.from_pretrained("tiny_vit", **files)
+    model = MobileSAMv2.from_pretrained("tiny_vit", trust_weights=True, **files)
     assert model.detector is not None and model.encoder_name == "tiny_vit"
     with pytest.raises(InputError, match="do not exist"):
-        MobileSAMv2("tiny_vit", **{**files, "decoder_weights": tmp_path / "nope.pt"})
+        MobileSAMv2.from_pretrained("tiny_vit", **{**files, "decoder_weights": tmp_path / "nope.pt"})
     with pytest.raises(InputError, match="unknown encoder"):
-        MobileSAMv2("vit_z")
+        MobileSAMv2.from_pretrained("vit_z")
 
 
 def test_mps_operator_gap_falls_back_to_cpu_for_that_step(tiny_encoder, sam_decoder, detector, cells, caplog):
@@ -174,7 +174,7 @@ def test_mps_operator_gap_falls_back_to_cpu_for_that_step(tiny_encoder, sam_deco
             return self.inner(x)
 
     gappy = GappyEncoder()
-    pipeline = MobileSAMv2.from_modules(gappy, *sam_decoder, detector, device="cpu")
+    pipeline = MobileSAMv2(gappy, *sam_decoder, detector, device="cpu")
     pipeline.device = torch.device("mps")
     make_cpu_copy = pipeline._steps._on_cpu
 
@@ -185,7 +185,7 @@ def test_mps_operator_gap_falls_back_to_cpu_for_that_step(tiny_encoder, sam_deco
 
     pipeline._steps._on_cpu = mark_copy
     embedding = pipeline.embed(pipeline.prepare_image(cells))
-    expected = MobileSAMv2.from_modules(tiny_encoder, *sam_decoder, detector).embed(pipeline.prepare_image(cells))
+    expected = MobileSAMv2(tiny_encoder, *sam_decoder, detector).embed(pipeline.prepare_image(cells))
     assert torch.equal(embedding.features, expected.features)
     assert "image encoder: an operator is missing on MPS" in caplog.text
     pipeline.device = torch.device("cpu")

@@ -581,7 +581,7 @@ def test_unknown_detector_is_refused_before_a_byte_is_unpickled(weights, evil, n
                         lambda *a: pytest.fail("the encoder was loaded before the detector was refused"))
     refused = r"evil.pt is a pickled detector .* can run arbitrary code.*--trust-weights"
     with pytest.raises(UntrustedWeightsError, match=refused):
-        MobileSAMv2("tiny_vit", detector_weights=path, **weights)
+        MobileSAMv2.from_pretrained("tiny_vit", detector_weights=path, **weights)
     with pytest.raises(UntrustedWeightsError):
         load_detector(path, trusted=False)
     assert not marker.exists()
@@ -601,7 +601,7 @@ def test_unknown_device_is_refused_before_any_weights_load(weights, monkeypatch)
     monkeypatch.setattr("napari_mobilesamv2.models.build.load_image_encoder",
                         lambda *a: pytest.fail("weights were loaded before the device was checked"))
     with pytest.raises(InputError, match="unknown device 'tpu7'; use auto, cpu, cuda, cuda:N or mps"):
-        MobileSAMv2("tiny_vit", load_detector=False, **{**weights, "device": "tpu7"})
+        MobileSAMv2.from_pretrained("tiny_vit", load_detector=False, **{**weights, "device": "tpu7"})
 
 
 def test_trusting_a_file_warns_and_really_unpickles_it(weights, evil):
@@ -609,7 +609,7 @@ def test_trusting_a_file_warns_and_really_unpickles_it(weights, evil):
     path, marker = evil
     with pytest.warns(UntrustedWeightsWarning, match=r"evil.pt .*not the known ObjectAwareModel.pt's.*arbitrary code"):
         with pytest.raises(CheckpointError, match=r"holds a dict with keys \['ema'\], not a YOLOv8 model"):
-            MobileSAMv2("tiny_vit", detector_weights=path, trust_weights=True, **weights)
+            MobileSAMv2.from_pretrained("tiny_vit", detector_weights=path, trust_weights=True, **weights)
     assert marker.is_dir()
 
 
@@ -636,9 +636,36 @@ def _pin_detector(cache, source):
 
 def test_pinned_detector_loads_without_trust_or_warning(tmp_path, weights, monkeypatch, recwarn):
     target = _pin_detector(tmp_path / "cache", DETECTOR_FIXTURE)
-    model = MobileSAMv2("tiny_vit", detector_weights=target, **weights)
+    model = MobileSAMv2.from_pretrained("tiny_vit", detector_weights=target, **weights)
     assert model.detector is not None
     assert not [w for w in recwarn if issubclass(w.category, UntrustedWeightsWarning)]
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["given-path", "from-cache"])
+def test_the_detector_bytes_hashed_are_the_bytes_unpickled(tmp_path, weights, evil, detector, monkeypatch, given):
+    """Once its sha256 is taken, the file on disk is swapped for a pickle that runs code: it must not matter."""
+    path, marker = evil
+    target = _pin_detector(tmp_path / "cache", DETECTOR_FIXTURE)
+    real_sha256, digests = hashlib.sha256, []
+
+    class SwapAfterDigest:
+        def __init__(self, data=b""):
+            self._hash = real_sha256(data)
+
+        def update(self, data):
+            self._hash.update(data)
+
+        def hexdigest(self):
+            digests.append(self._hash.hexdigest())
+            target.write_bytes(path.read_bytes())
+            return digests[-1]
+
+    monkeypatch.setattr(hashlib, "sha256", SwapAfterDigest)
+    model = MobileSAMv2.from_pretrained("tiny_vit", detector_weights=target if given else None, **weights)
+    assert digests == [download.pinned_sha256("ObjectAwareModel.pt")]  # hashed once, the pinned bytes
+    assert not marker.exists() and target.read_bytes() == path.read_bytes()
+    loaded, expected = model.detector.state_dict(), detector.state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in loaded)
 
 
 def test_tampered_cached_detector_is_deleted_before_unpickling(tmp_path, weights, evil, no_unpickling):
@@ -646,7 +673,7 @@ def test_tampered_cached_detector_is_deleted_before_unpickling(tmp_path, weights
     target = _pin_detector(tmp_path / "cache", DETECTOR_FIXTURE)
     target.write_bytes(path.read_bytes())
     with pytest.raises(IntegrityError, match=r"ObjectAwareModel.pt should have .* the corrupt file was deleted"):
-        MobileSAMv2("tiny_vit", **weights)  # the detector comes from the cache
+        MobileSAMv2.from_pretrained("tiny_vit", **weights)  # the detector comes from the cache
     assert not target.exists() and not marker.exists()
 
 

@@ -20,7 +20,9 @@ from .errors import (
     WeightsUnavailableError,
 )
 from .imaging import to_rgb_uint8
-from .pipeline import MobileSAMv2, Segmentation, objects_from_prompts
+from .pipeline import MobileSAMv2
+from .prompts.user import objects_from_prompts
+from .results import Segmentation
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Running a pipeline step on the chosen device, with a CPU fallback for Apple MPS gaps."""
+"""Choosing the device, and running a pipeline step on it with a CPU fallback for Apple MPS gaps."""
 
 from __future__ import annotations
 
@@ -9,8 +9,50 @@ from typing import TypeVar
 
 import torch
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for a name: ``auto`` picks CUDA, then Apple MPS, then CPU.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    InputError
+        The name is unknown, or names a device this machine does not have.
+    """
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"{name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device 'mps' was asked for but Apple MPS is not available; use --device cpu")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return resolved
 
 
 class CpuFallback:

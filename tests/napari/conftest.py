@@ -26,7 +26,8 @@ from napari_mobilesamv2.embedding import ImageEmbedding
 from napari_mobilesamv2.imaging import to_rgb_uint8
 from napari_mobilesamv2.napari import set_pipeline_factory
 from napari_mobilesamv2.napari._models import forget_opencv_qt_paths
-from napari_mobilesamv2.pipeline import build_segmentation, objects_from_prompts
+from napari_mobilesamv2.prompts.user import objects_from_prompts
+from napari_mobilesamv2.results import build_segmentation
 
 
 

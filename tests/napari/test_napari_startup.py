@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent(
 
     encoder = torch.nn.Conv2d(3, 256, kernel_size=16, stride=16)
     detector = load_object_aware_model({str(FIXTURE)!r})
-    pipeline = MobileSAMv2.from_modules(encoder, build_prompt_encoder(), build_mask_decoder(), detector)
+    pipeline = MobileSAMv2(encoder, build_prompt_encoder(), build_mask_decoder(), detector)
     labels = segment_everything(image, viewer, pipeline=pipeline, conf=0.01, max_prompts=2)
     print("OK", labels.data.shape)
     """

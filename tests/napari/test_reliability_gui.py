@@ -262,14 +262,14 @@ def test_shapes_layer_with_only_lines_and_paths_says_what_to_do(make_napari_view
 def test_trust_checkbox_reaches_the_pipeline(make_napari_viewer, blob_pipeline, wait_done, tmp_path, monkeypatch):
     """Without the box ticked the unknown detector is refused with a message naming the box."""
     from napari_mobilesamv2.models.download import CACHE_ENV
-    from napari_mobilesamv2.pipeline import _load_detector
+    from napari_mobilesamv2.models.weights import load_checked_detector
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # nothing pinned: the file is unknown
     asked = []
 
     def factory(encoder, device, trust_weights):
         asked.append(trust_weights)
-        _load_detector(DETECTOR_FIXTURE, trust_weights)
+        load_checked_detector(DETECTOR_FIXTURE, trust_weights=trust_weights)
         return blob_pipeline
 
     viewer = make_napari_viewer()
@@ -294,14 +294,14 @@ def test_trust_warning_is_shown_as_a_notification(
 ):
     """The factory unpickles the (unpinned) detector fixture the way MobileSAMv2 does, in the worker."""
     from napari_mobilesamv2.models.download import CACHE_ENV
-    from napari_mobilesamv2.pipeline import _load_detector
+    from napari_mobilesamv2.models.weights import load_checked_detector
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # nothing pinned: the file is unknown
     asked = []
 
     def factory(encoder, device, trust_weights):
         asked.append(trust_weights)
-        _load_detector(DETECTOR_FIXTURE, trust_weights)
+        load_checked_detector(DETECTOR_FIXTURE, trust_weights=trust_weights)
         return blob_pipeline
 
     viewer = make_napari_viewer()

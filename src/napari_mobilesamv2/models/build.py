@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
-from ..errors import CheckpointError, UntrustedWeightsError
+from ..errors import CheckpointError
 from .checkpoints import load_strict, read_state_dict, take_prefixed
 
 IMAGE_SIZE = 1024
@@ -152,28 +152,3 @@ def load_prompt_decoder(path: str | os.PathLike) -> tuple[PromptEncoder, MaskDec
     prompt_encoder = load_strict(build_prompt_encoder(), prompt_state, source=path, expected=_DECODER_FORMAT)
     mask_decoder = load_strict(build_mask_decoder(), mask_state, source=path, expected=_DECODER_FORMAT)
     return prompt_encoder.eval(), mask_decoder.eval()
-
-
-def load_detector(path: str | os.PathLike, *, trusted: bool) -> torch.nn.Module:
-    """Load the object-aware detector pickle, but only when `trusted` is True.
-
-    The file is a full Python pickle (it can run code when loaded). Callers decide
-    trust first: a registry file whose sha256 matches, or an explicit user opt-in.
-    """
-    if not os.path.isfile(path):
-        problem = "is a directory" if os.path.isdir(path) else "does not exist"
-        raise CheckpointError(f"{path} {problem}; expected the detector file ObjectAwareModel.pt")
-    if not trusted:
-        raise UntrustedWeightsError(
-            f"{path} is a pickled detector checkpoint whose sha256 is not a known ObjectAwareModel.pt; "
-            "loading a pickle can run arbitrary code. If you trust this file, pass "
-            "--trust-weights (CLI) or trust_weights=True (Python), or tick 'Trust weights' in napari."
-        )
-    from .detector import EXPECTED_FORMAT, load_object_aware_model
-
-    try:
-        return load_object_aware_model(path)
-    except OSError as error:  # e.g. a truncated zip archive
-        raise CheckpointError(
-            f"{path} cannot be read as a detector checkpoint ({error}); it may be truncated; expected {EXPECTED_FORMAT}"
-        ) from error

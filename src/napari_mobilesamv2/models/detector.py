@@ -10,7 +10,9 @@ branches: the mask coefficients are never used by MobileSAMv2.
 
 from __future__ import annotations
 
+import io
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -76,18 +78,27 @@ class ObjectAwareDetector(nn.Module):
         return predictions[0] if isinstance(predictions, (tuple, list)) else predictions
 
 
-def load_object_aware_model(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_object_aware_model(
+    checkpoint: bytes | str | os.PathLike,
+    *,
+    map_location: str | torch.device = "cpu",
+    source: str | os.PathLike | None = None,
+) -> nn.Module:
     """Load ``ObjectAwareModel.pt`` as a fused float32 detector in eval mode.
 
     **This unpickles the file** (``torch.load(weights_only=False)``), which can run arbitrary
-    code: call it only for a file whose origin was verified (known sha256 or explicit user trust).
+    code: call it only for bytes whose origin was verified (known sha256 or explicit user trust).
+    To check and load the same bytes, read the file once, hash those bytes and pass them here.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        The checkpoint written by Ultralytics 8.0.120 (MobileSAMv2's ``ObjectAwareModel.pt``).
+    checkpoint : bytes, str or os.PathLike
+        The checkpoint written by Ultralytics 8.0.120 (MobileSAMv2's ``ObjectAwareModel.pt``): its
+        bytes, or its path (then read once, into memory, before unpickling).
     map_location : str or torch.device, optional
         Where ``torch.load`` puts the tensors (default ``"cpu"``).
+    source : str or os.PathLike, optional
+        Name of the file in error messages (default: the path, or ``"the detector bytes"``).
 
     Returns
     -------
@@ -98,14 +109,19 @@ def load_object_aware_model(path: str | os.PathLike, *, map_location: str | torc
     Raises
     ------
     CheckpointError
-        The file is not readable as such a checkpoint (corrupt, another format, a plain state dict,
-        a stock YOLOv8 head, ...).
+        The bytes are not readable as such a checkpoint (corrupt, another format, a plain state
+        dict, a stock YOLOv8 head, ...).
     FileNotFoundError
-        `path` does not exist.
+        `checkpoint` is a path that does not exist.
     """
-    checkpoint = _unpickle(path, map_location)
-    network = _pick_network(checkpoint, path)
-    network.model[-1] = _detect_head_from(network.model[-1], path)
+    if isinstance(checkpoint, (bytes, bytearray, memoryview)):
+        data = bytes(checkpoint)
+        source = "the detector bytes" if source is None else source
+    else:
+        data = Path(checkpoint).read_bytes()
+        source = checkpoint if source is None else source
+    network = _pick_network(_unpickle(data, map_location, source), source)
+    network.model[-1] = _detect_head_from(network.model[-1], source)
     network = _fuse_batch_norms(network.float()).eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
@@ -135,22 +151,20 @@ def _fuse_batch_norms(network: nn.Module) -> nn.Module:
     return network
 
 
-def _unpickle(path: str | os.PathLike, map_location: str | torch.device) -> object:
+def _unpickle(data: bytes, map_location: str | torch.device, source: str | os.PathLike) -> object:
     from ultralytics.nn.tasks import temporary_modules
 
     try:
         with temporary_modules(modules=_LEGACY_MODULES):
-            return torch.load(path, map_location=map_location, weights_only=False)
-    except OSError:
-        raise
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as error:  # pickle and zip errors come in many types; all mean "not this format"
         raise CheckpointError(
-            f"{os.fspath(path)} cannot be read as a detector checkpoint ({type(error).__name__}: {error}); "
+            f"{os.fspath(source)} cannot be read as a detector checkpoint ({type(error).__name__}: {error}); "
             f"expected {EXPECTED_FORMAT}"
         ) from error
 
 
-def _pick_network(checkpoint: object, path: str | os.PathLike) -> nn.Module:
+def _pick_network(checkpoint: object, source: str | os.PathLike) -> nn.Module:
     from ultralytics.nn.tasks import DetectionModel
 
     if isinstance(checkpoint, dict):
@@ -159,11 +173,11 @@ def _pick_network(checkpoint: object, path: str | os.PathLike) -> nn.Module:
     else:
         network, found = None, f"a {type(checkpoint).__name__}"
     if not isinstance(network, DetectionModel):
-        raise CheckpointError(f"{os.fspath(path)} holds {found}, not a YOLOv8 model; expected {EXPECTED_FORMAT}")
+        raise CheckpointError(f"{os.fspath(source)} holds {found}, not a YOLOv8 model; expected {EXPECTED_FORMAT}")
     return network
 
 
-def _detect_head_from(segment: nn.Module, path: str | os.PathLike) -> nn.Module:
+def _detect_head_from(segment: nn.Module, source: str | os.PathLike) -> nn.Module:
     """A current ``Detect`` head that reuses the box (cv2) and class (cv3) branches of `segment`."""
     from ultralytics.nn.modules.head import Detect
 
@@ -173,13 +187,13 @@ def _detect_head_from(segment: nn.Module, path: str | os.PathLike) -> nn.Module:
         input_channels = [branch[0].conv.in_channels for branch in segment.cv2]
     except (AttributeError, IndexError, TypeError) as error:
         raise CheckpointError(
-            f"{os.fspath(path)} ends in a {type(segment).__name__}, not a YOLOv8 detection head; "
+            f"{os.fspath(source)} ends in a {type(segment).__name__}, not a YOLOv8 detection head; "
             f"expected {EXPECTED_FORMAT}"
         ) from error
     bins, classes = sorted({c // 4 for c in box_channels}), sorted(set(class_channels))
     if bins != [REG_MAX] or classes != [1] or getattr(segment, "reg_max", None) != REG_MAX:
         raise CheckpointError(
-            f"{os.fspath(path)} has a head with {'/'.join(map(str, bins)) or 'no'} DFL bins and "
+            f"{os.fspath(source)} has a head with {'/'.join(map(str, bins)) or 'no'} DFL bins and "
             f"{'/'.join(map(str, classes)) or 'no'} class(es); expected {EXPECTED_FORMAT}"
         )
     head = Detect(nc=1, reg_max=REG_MAX, ch=tuple(input_channels))

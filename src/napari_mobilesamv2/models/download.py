@@ -93,8 +93,13 @@ def expected_sha256(name: str) -> str | None:
 
 def is_known_file(name: str, path: str | os.PathLike) -> bool:
     """True if `path` has the published or pinned sha256 of registry file `name`."""
+    return is_known_sha256(name, sha256_of(path, remembered=not weight_file(name).pickled))
+
+
+def is_known_sha256(name: str, actual: str) -> bool:
+    """True if `actual` is the published or pinned sha256 of registry file `name`."""
     expected = expected_sha256(name)
-    return expected is not None and sha256_of(path, remembered=not weight_file(name).pickled) == expected
+    return expected is not None and actual == expected
 
 
 def verify(name: str, path: str | os.PathLike | None = None) -> str:
@@ -106,8 +111,17 @@ def verify(name: str, path: str | os.PathLike | None = None) -> str:
     path = Path(path) if path is not None else cached_path(name)
     if not path.is_file():
         raise WeightsUnavailableError(missing_message([name]))
+    return check_sha256(name, path, sha256_of(path, remembered=not weight_file(name).pickled))
+
+
+def check_sha256(name: str, path: str | os.PathLike, actual: str) -> str:
+    """Compare `actual`, the sha256 of the bytes read from `path`, with `name`'s published or pinned one.
+
+    Returns and raises like :func:`verify` (a mismatching file in the cache is deleted);
+    callers that read a file once hash those bytes and check the digest here.
+    """
+    path = Path(path)
     expected = expected_sha256(name)
-    actual = sha256_of(path, remembered=not weight_file(name).pickled)
     if expected is None:
         return f"{name}: no published hash and not pinned yet (sha256 {actual})"
     if actual != expected:
@@ -121,8 +135,11 @@ def verify(name: str, path: str | os.PathLike | None = None) -> str:
     return f"{name}: ok (sha256 {actual})"
 
 
-def fetch(name: str, *, download: bool = True, progressbar: bool = True) -> Path:
+def fetch(name: str, *, download: bool = True, progressbar: bool = True, check: bool = True) -> Path:
     """Return the verified cached copy of registry file `name`, downloading it if needed.
+
+    With ``check=False`` a file already in the cache is returned without hashing it: for a
+    caller that reads the file once, then hashes and checks those bytes (:func:`check_sha256`).
 
     Raises
     ------
@@ -135,7 +152,8 @@ def fetch(name: str, *, download: bool = True, progressbar: bool = True) -> Path
     entry = weight_file(name)
     target = cached_path(name)
     if target.is_file():
-        verify(name, target)
+        if check:
+            verify(name, target)
         return target
     if not download:
         raise WeightsUnavailableError(missing_message([name]))

@@ -23,7 +23,7 @@ PipelineFactory = Callable[[str, str, bool], MobileSAMv2]
 
 def default_factory(encoder: str, device: str, trust_weights: bool) -> MobileSAMv2:
     """Build the pipeline from the registry weights (downloaded on first use)."""
-    return MobileSAMv2(encoder, device=device, trust_weights=trust_weights)
+    return MobileSAMv2.from_pretrained(encoder, device=device, trust_weights=trust_weights)
 
 
 _factory: PipelineFactory = default_factory

@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..options import EverythingOptions, ImageOptions, ModelOptions
 from ..pipeline import MobileSAMv2
 from ..results import Segmentation
-from ..stack import link_planes, linked_table
+from ..stack import linked_table
 from ._layers import (
     ImageView,
     Plane,

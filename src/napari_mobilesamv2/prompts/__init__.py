@@ -1,1 +1,1 @@
-"""Prompt sampling: object-aware boxes (the detector) and the grid-search baseline."""
+"""Prompts: object-aware boxes (the detector), the grid-search baseline, and prompts a user gives."""

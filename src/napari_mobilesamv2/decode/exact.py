@@ -30,10 +30,8 @@ class ExactBoxDecoder:
 
     Parameters
     ----------
-    prompt_encoder, mask_decoder
-        segment-anything modules (any SAM/MobileSAMv2 weights).
-    embedding : ImageEmbedding
-        The image's embedding.
+    prompt_encoder, mask_decoder, embedding
+        As for :class:`~napari_mobilesamv2.decode.image_side.PreparedImage`, which the decoder holds.
     """
 
     def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, embedding: ImageEmbedding):

@@ -68,10 +68,8 @@ class FoldedBoxDecoder:
 
     Parameters
     ----------
-    prompt_encoder, mask_decoder
-        segment-anything modules (any SAM/MobileSAMv2 weights).
-    embedding : ImageEmbedding
-        The image's embedding.
+    prompt_encoder, mask_decoder, embedding
+        As for :class:`~napari_mobilesamv2.decode.image_side.PreparedImage`, which the decoder holds.
     tile_rows : int, optional
         Image tokens (of 4096) processed together in the row-wise steps. Default:
         512 on a CPU (cache-sized), all of them elsewhere.

@@ -43,10 +43,8 @@ def reference_box_logits(
 
     Returns
     -------
-    low_res : torch.Tensor
-        (N, 1, 256, 256) float32 logits.
-    iou : torch.Tensor
-        (N,) float32 predicted IoU.
+    low_res, iou : torch.Tensor
+        As :func:`~napari_mobilesamv2.decode.prompted.decode_box_logits` returns them.
     """
     device = embedding.device
     boxes = torch.from_numpy(transform_boxes(boxes_xyxy, embedding.original_size)).to(device)

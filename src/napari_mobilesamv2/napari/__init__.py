@@ -17,9 +17,9 @@ from ._widgets import SegmentAnythingWidget, SegmentEverythingWidget
 from .api import (
     EverythingOptions,
     ModelSettings,
-    decode_boxes,
+    decode_box_layer,
     prepare_anything,
-    prepare_decode_boxes,
+    prepare_decode_box_layer,
     prepare_everything,
     prepare_show_boxes,
     segment_anything,
@@ -31,7 +31,8 @@ forget_opencv_qt_paths()
 
 __all__ = [
     "EMBEDDINGS", "EverythingOptions", "ImageSettings", "ModelSettings", "SegmentAnythingWidget",
-    "SegmentEverythingWidget", "coins", "decode_boxes", "forget_opencv_qt_paths", "get_pipeline", "nuclei_2d",
-    "nuclei_3d", "nuclei_timelapse", "prepare_anything", "prepare_decode_boxes", "prepare_everything",
-    "prepare_show_boxes", "segment_anything", "segment_everything", "set_pipeline_factory", "show_boxes",
+    "SegmentEverythingWidget", "coins", "decode_box_layer", "forget_opencv_qt_paths", "get_pipeline",
+    "nuclei_2d", "nuclei_3d", "nuclei_timelapse", "prepare_anything", "prepare_decode_box_layer",
+    "prepare_everything", "prepare_show_boxes", "segment_anything", "segment_everything",
+    "set_pipeline_factory", "show_boxes",
 ]

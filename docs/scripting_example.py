@@ -15,7 +15,7 @@ import argparse
 import napari
 
 from napari_mobilesamv2.napari import (
-    decode_boxes,
+    decode_box_layer,
     nuclei_3d,
     segment_anything,
     segment_everything,
@@ -52,7 +52,7 @@ def main(encoder: str = "efficientvit_l2", device: str = "auto", save: str | Non
     if boxes.nshapes:
         boxes.selected_data = {boxes.nshapes - 1}
         boxes.remove_selected()
-        decode_boxes(image, boxes, viewer, output=labels, policy="fill_background", **model)
+        decode_box_layer(image, boxes, viewer, output=labels, policy="fill_background", **model)
 
     if save:
         import tifffile

@@ -195,7 +195,8 @@ def _many_boxes(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("chunk", [1, 7, 16])
 def test_exact_decoder_is_bitwise_equal_to_reference_batches(embedding, sam_decoder, chunk):
-    from napari_mobilesamv2.decode.prompted import decode_box_logits, reference_box_logits
+    from napari_mobilesamv2.decode.prompted import decode_box_logits
+    from napari_mobilesamv2.decode.reference import reference_box_logits
 
     boxes = _many_boxes(24)
     ref_low, ref_iou = reference_box_logits(*sam_decoder, embedding, boxes, batch_size=chunk)
@@ -205,7 +206,8 @@ def test_exact_decoder_is_bitwise_equal_to_reference_batches(embedding, sam_deco
 
 def test_batch_size_changes_logits_only_by_rounding(embedding, sam_decoder):
     """Matrix kernels round differently for other batch sizes: logits move by ~1e-7, masks only there."""
-    from napari_mobilesamv2.decode.prompted import decode_box_logits, reference_box_logits
+    from napari_mobilesamv2.decode.prompted import decode_box_logits
+    from napari_mobilesamv2.decode.reference import reference_box_logits
 
     boxes = _many_boxes(24)
     ref_low, _ = reference_box_logits(*sam_decoder, embedding, boxes, batch_size=24)

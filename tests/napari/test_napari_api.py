@@ -9,7 +9,7 @@ from conftest import blobs
 from napari_mobilesamv2 import InputError
 from napari_mobilesamv2.napari import (
     EMBEDDINGS,
-    decode_boxes,
+    decode_box_layer,
     segment_anything,
     segment_everything,
     show_boxes,
@@ -261,7 +261,7 @@ def test_show_boxes_then_decode_edited_boxes(make_napari_viewer, blob_pipeline):
     shapes.remove_selected()
     shapes.add_rectangles(rectangle(1, 52, 85, 58, 95))  # an empty user box: no object
     shapes.add_rectangles(rectangle(1, 30, 50, 50, 70))  # the right disk again, drawn by hand
-    labels = decode_boxes(image, shapes, viewer)
+    labels = decode_box_layer(image, shapes, viewer)
     assert blob_pipeline.embed_calls == calls  # only the decoder ran
     assert ids_at(labels.data[1], (20, 20), (40, 60)) == [1, 3]
     score = labels.features.set_index("index")["score"]

@@ -1,4 +1,11 @@
-"""Box decoding with the attention projections folded into the 7 prompt tokens.
+"""The default box decoder: the attention projections folded into the 7 prompt tokens.
+
+:class:`FoldedBoxDecoder` is what :func:`~napari_mobilesamv2.decode.prompted.decode_boxes`
+uses unless ``exact=True``. It computes the same function as segment-anything's mask
+decoder with about half the arithmetic per box, in another floating-point order (see
+below); :class:`~napari_mobilesamv2.decode.exact.ExactBoxDecoder` is the slower,
+bitwise-exact one. Both start from the same
+:class:`~napari_mobilesamv2.decode.image_side.PreparedImage`.
 
 Each box prompt has only 7 tokens (IoU token, 4 mask tokens, 2 box corners), and
 every attention between them and the 4096 image tokens has 8 heads, so it passes
@@ -20,8 +27,7 @@ products:
 This is the same function as ``MaskDecoder.predict_masks`` with the same weights;
 only the order of floating-point operations differs. Logits move by ~4e-7 on
 random weights (tests compare with segment-anything's ``predict_torch``), the
-same size as the changes PyTorch's own kernels make for another batch size. The
-bitwise-exact arrangement is :class:`~napari_mobilesamv2.decode.fast.BoxDecoder`.
+same size as the changes PyTorch's own kernels make for another batch size.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 
 from ..embedding import ImageEmbedding
-from .fast import BoxDecoder, _split_heads
+from .batching import CPU_CHUNK, decode_in_chunks
+from .image_side import PreparedImage, split_heads
 
 # Image tokens (of 64x64) handled together in the row-wise steps on a CPU: 512 keep a
 # tile's activations (0.5-1 MB each) in a core's L2 cache; the mask upscaling ran 2x
@@ -49,20 +56,20 @@ def _per_head(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 def _scaled_key_heads(attention: Attention, tokens: torch.Tensor) -> torch.Tensor:
     """Image-to-token keys from the tokens, per head, with the 1/sqrt(d) score scale applied."""
-    keys = _split_heads(attention.k_proj(tokens), attention.num_heads)
+    keys = split_heads(attention.k_proj(tokens), attention.num_heads)
     return keys / math.sqrt(keys.shape[-1])
 
 
-class FoldedBoxDecoder(BoxDecoder):
+class FoldedBoxDecoder:
     """Decode box prompts against one image embedding (no mask input, one mask per box).
 
-    Same interface as :class:`~napari_mobilesamv2.decode.fast.BoxDecoder`, about
+    Same interface as :class:`~napari_mobilesamv2.decode.exact.ExactBoxDecoder`, about
     half the arithmetic per box; see the module docstring for the algebra.
 
     Parameters
     ----------
     prompt_encoder, mask_decoder, embedding
-        As for :class:`~napari_mobilesamv2.decode.fast.BoxDecoder`.
+        As for :class:`~napari_mobilesamv2.decode.image_side.PreparedImage`, which the decoder holds.
     tile_rows : int, optional
         Image tokens (of 4096) processed together in the row-wise steps. Default:
         512 on a CPU (cache-sized), all of them elsewhere.
@@ -72,10 +79,11 @@ class FoldedBoxDecoder(BoxDecoder):
         self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, embedding: ImageEmbedding,
         tile_rows: int | None = None,
     ):
-        super().__init__(prompt_encoder, mask_decoder, embedding)
+        self.mask_decoder = mask_decoder
+        self.image = PreparedImage(prompt_encoder, mask_decoder, embedding)
         with torch.inference_mode():
-            self.image_tokens = self.image_tokens.contiguous()
-            self.image_pe = self.image_pe.contiguous()
+            self.image_tokens = self.image.image_tokens.contiguous()
+            self.image_pe = self.image.image_pe.contiguous()
             first_conv, norm, _, second_conv, _ = mask_decoder.output_upscaling
             self.upscale_norm = norm
             self.first_conv_weight, self.first_conv_bias = self._conv_as_linear(first_conv)
@@ -85,6 +93,11 @@ class FoldedBoxDecoder(BoxDecoder):
             tile_rows = CPU_TILE_ROWS if embedding.device.type == "cpu" else tokens
         self.tile_rows = min(max(1, int(tile_rows)), tokens)
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @torch.inference_mode()
+    def decode(self, boxes: torch.Tensor, chunk: int = CPU_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res logits (N, 1, 256, 256) and predicted IoU (N,) for model-frame boxes (N, 4)."""
+        return decode_in_chunks(self._decode_chunk, boxes, chunk, self.image_tokens)
 
     @staticmethod
     def _conv_as_linear(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,15 +120,16 @@ class FoldedBoxDecoder(BoxDecoder):
     def _decode_chunk(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         decoder = self.mask_decoder
         transformer = decoder.transformer
-        tokens = self._prompt_tokens(boxes)
+        image = self.image
+        tokens = image.prompt_tokens(boxes)
         keys, keys_with_pe = self._workspace(tokens.shape[0])
 
-        queries = self._first_block_queries(tokens)
-        i2t = self.first.cross_attn_image_to_token
+        queries = image.first_block_queries(tokens)
+        i2t = image.first_block.cross_attn_image_to_token
         keys_by_head = _scaled_key_heads(i2t, queries + tokens)
-        scores = keys_by_head @ self.first_i2t_q.transpose(2, 3)  # (B, heads, 7, 4096)
+        scores = keys_by_head @ image.first_i2t_q.transpose(2, 3)  # (B, heads, 7, 4096)
         residual = self.image_tokens.expand_as(keys)
-        self._image_to_token_update(self.first, scores, queries, residual, keys, keys_with_pe)
+        self._image_to_token_update(image.first_block, scores, queries, residual, keys, keys_with_pe)
 
         for block in transformer.layers[1:]:
             queries = self._block(block, queries, keys, keys_with_pe, tokens)
@@ -154,7 +168,7 @@ class FoldedBoxDecoder(BoxDecoder):
         """``attention(q=q_in, k=keys_with_pe, v=keys)`` for 7 query tokens, projections on the token side."""
         heads = attention.num_heads
         b, t, _ = q_in.shape
-        q = _split_heads(attention.q_proj(q_in), heads)
+        q = split_heads(attention.q_proj(q_in), heads)
         q = q / math.sqrt(q.shape[-1])
         directions = torch.einsum("bhtd,hdc->bhtc", q, _per_head(attention.k_proj.weight, heads))
         scores = directions.flatten(1, 2) @ keys_with_pe.transpose(1, 2)  # k_proj's bias: constant per row
@@ -174,7 +188,7 @@ class FoldedBoxDecoder(BoxDecoder):
         heads = attention.num_heads
         b, n = keys.shape[:2]
         weights = torch.softmax(scores.view(b, heads, -1, n), dim=2).flatten(1, 2).transpose(1, 2)  # (B, 4096, heads * 7)
-        values = _split_heads(attention.v_proj(queries), heads)  # (B, heads, 7, d)
+        values = split_heads(attention.v_proj(queries), heads)  # (B, heads, 7, d)
         out_weight = attention.out_proj.weight.view(-1, heads, values.shape[-1])
         projected = torch.einsum("bhtd,ohd->bhto", values, out_weight).flatten(1, 2)
         projected = projected + attention.out_proj.bias / heads  # each head's weights sum to 1
@@ -189,7 +203,7 @@ class FoldedBoxDecoder(BoxDecoder):
     def _mask_logits(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """(B, 1, 256, 256) logits: upscale keys (B, 4096, 256) and project on the hypernetwork output (B, 32)."""
         b, n, c = keys.shape
-        side = self.shape[-1]
+        side = self.image.shape[-1]
         rows = keys.reshape(b * n, c)
         tile = self.tile_rows if n % self.tile_rows == 0 and self.tile_rows < n else b * n  # one box or all
         norm = self.upscale_norm

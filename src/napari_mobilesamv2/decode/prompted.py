@@ -1,4 +1,16 @@
-"""Prompt-guided decoding: boxes and points through SAM's prompt encoder and mask decoder."""
+"""Prompt-guided decoding: boxes and points through SAM's prompt encoder and mask decoder.
+
+Box prompts go through one of two decoders that compute segment-anything's mask
+decoder for many boxes on one image:
+
+* :class:`~napari_mobilesamv2.decode.folded.FoldedBoxDecoder`, the default: about
+  half the arithmetic, logits within ~4e-7 of segment-anything's;
+* :class:`~napari_mobilesamv2.decode.exact.ExactBoxDecoder` (``exact=True``): slower,
+  logits bitwise equal to ``SamPredictor.predict_torch`` for the same batches.
+
+segment-anything's own calls, for checks, are in :mod:`~napari_mobilesamv2.decode.reference`.
+Point prompts (:func:`decode_object_prompts`) call segment-anything's modules directly.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +25,8 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from ..embedding import ImageEmbedding
 from ..errors import InputError
 from ..models.build import IMAGE_SIZE
-from .fast import BoxDecoder, default_chunk
+from .batching import default_chunk
+from .exact import ExactBoxDecoder
 from .folded import FoldedBoxDecoder
 from .masks import MaskCrop, logits_to_crops
 
@@ -77,7 +90,7 @@ def decode_box_logits(
     with about half the arithmetic, in another floating-point order: logits differ
     from the reference by ~1e-7, so a mask pixel can only differ where its logit is
     within that of 0. ``exact=True`` uses
-    :class:`~napari_mobilesamv2.decode.fast.BoxDecoder`, whose logits are bitwise
+    :class:`~napari_mobilesamv2.decode.exact.ExactBoxDecoder`, whose logits are bitwise
     equal to ``predict_torch`` run with the same batches.
 
     Returns
@@ -89,7 +102,7 @@ def decode_box_logits(
     """
     device = embedding.device
     boxes = torch.from_numpy(transform_boxes(boxes_xyxy, embedding.original_size)).to(device)
-    decoder_class = BoxDecoder if exact else FoldedBoxDecoder
+    decoder_class = ExactBoxDecoder if exact else FoldedBoxDecoder
     batch_size = default_chunk(device) if batch_size is None else max(1, int(batch_size))
     while True:
         try:
@@ -103,30 +116,6 @@ def decode_box_logits(
             batch_size //= 2
             torch.cuda.empty_cache()
             log.warning("GPU out of memory while decoding boxes; retrying with batches of %d", batch_size)
-
-
-@torch.inference_mode()
-def reference_box_logits(
-    prompt_encoder: PromptEncoder,
-    mask_decoder: MaskDecoder,
-    embedding: ImageEmbedding,
-    boxes_xyxy: np.ndarray,
-    batch_size: int = 320,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference computation (segment-anything's ``predict_torch`` decoder calls), for checks."""
-    device = embedding.device
-    boxes = torch.from_numpy(transform_boxes(boxes_xyxy, embedding.original_size)).to(device)
-    image_pe = prompt_encoder.get_dense_pe()
-    logits, ious = [torch.zeros((0, 1, 256, 256), device=device)], [torch.zeros(0, device=device)]
-    for start in range(0, boxes.shape[0], max(1, int(batch_size))):
-        sparse, dense = prompt_encoder(points=None, boxes=boxes[start:start + batch_size], masks=None)
-        low_res, iou = mask_decoder(
-            image_embeddings=embedding.features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=False,
-        )
-        logits.append(low_res)
-        ious.append(iou[:, 0])
-    return torch.cat(logits), torch.cat(ious)
 
 
 def decode_boxes(

@@ -38,7 +38,7 @@ _EXPORTS = {
     **{
         name: ".api"
         for name in (
-            "decode_boxes", "pipeline_for", "prepare_anything", "prepare_decode_boxes",
+            "decode_box_layer", "pipeline_for", "prepare_anything", "prepare_decode_box_layer",
             "prepare_everything", "prepare_show_boxes", "segment_anything", "segment_everything", "show_boxes",
         )
     },

@@ -237,7 +237,7 @@ def new_labels_data(view: ImageView) -> np.ndarray:
     return np.zeros(view.labels_shape, dtype=np.int32)
 
 
-def write_labels(layer: Labels, new: np.ndarray, key: tuple, policy: str) -> dict[int, int]:
+def write_into_layer(layer: Labels, new: np.ndarray, key: tuple, policy: str) -> dict[int, int]:
     """Write `new` labels at `key` of `layer` as ONE undo step (Ctrl+Z restores exactly).
 
     Ids follow :func:`~napari_mobilesamv2.decode.labels.merge_labels`; for ``new_ids``

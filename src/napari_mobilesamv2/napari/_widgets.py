@@ -343,7 +343,7 @@ class SegmentEverythingWidget(JobWidget):
         def make_job():
             if self.boxes.value is None:
                 raise InputError("pick a boxes layer (use 'Show boxes' or draw rectangles in a Shapes layer)")
-            return api.prepare_decode_boxes(
+            return api.prepare_decode_box_layer(
                 self.images.selected_image(), self.boxes.value, self.viewer, output=self.output.value,
                 policy=self.policy.value, **self._box_settings(),
             )

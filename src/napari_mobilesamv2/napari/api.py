@@ -4,7 +4,7 @@ Each action is a :class:`Job` in two halves: ``steps`` (reads planes and runs th
 models; safe in a worker thread, touches no layer) and ``apply`` (writes the result
 into layers; main thread). The widgets run ``steps`` in a napari thread worker; the
 functions below (:func:`segment_everything`, :func:`segment_anything`,
-:func:`show_boxes`, :func:`decode_boxes`) run both halves at once, for scripts.
+:func:`show_boxes`, :func:`decode_box_layer`) run both halves at once, for scripts.
 
 Settings are plain keywords: the fields of :class:`~napari_mobilesamv2.options.ModelOptions`,
 :class:`~napari_mobilesamv2.options.EverythingOptions` and
@@ -41,7 +41,7 @@ from ._layers import (
     object_features,
     points_on_plane,
     shapes_to_boxes,
-    write_labels,
+    write_into_layer,
 )
 from ._models import EMBEDDINGS, get_pipeline
 
@@ -268,7 +268,7 @@ def apply_labels(
             _add_above(viewer, layer, view.layer)
     else:
         check_output(view, output)
-        id_map = write_labels(output, result.labels, result.key, policy)
+        id_map = write_into_layer(output, result.labels, result.key, policy)
         layer = output
     written = np.asarray(layer.data[result.key])
     add_features(layer, object_features(result.table, id_map, written))
@@ -387,7 +387,7 @@ def show_boxes(image: Image, viewer=None, **kwargs) -> Shapes:
     """Add the detector's boxes on the current plane as an editable Shapes layer.
 
     Rectangles carry their detector ``score`` as a feature (NaN for ones you add).
-    Edit them, then call :func:`decode_boxes`. Keywords as :func:`prepare_show_boxes`.
+    Edit them, then call :func:`decode_box_layer`. Keywords as :func:`prepare_show_boxes`.
     """
     return prepare_show_boxes(image, viewer, **kwargs).run()
 
@@ -405,7 +405,7 @@ def add_box_layer(result: BoxesResult, view: ImageView, viewer=None) -> Shapes:
     return viewer.add_layer(layer) if viewer is not None else layer
 
 
-def prepare_decode_boxes(
+def prepare_decode_box_layer(
     image: Image,
     shapes: Shapes,
     viewer=None,
@@ -435,11 +435,11 @@ def prepare_decode_boxes(
     )
 
 
-def decode_boxes(image: Image, shapes: Shapes, viewer=None, **kwargs) -> Labels:
+def decode_box_layer(image: Image, shapes: Shapes, viewer=None, **kwargs) -> Labels:
     """Segment one object per rectangle of `shapes` (only the mask decoder runs when the
     plane's embedding is cached, e.g. after :func:`show_boxes`). Keywords as
     :func:`segment_everything`."""
-    return prepare_decode_boxes(image, shapes, viewer, **kwargs).run()
+    return prepare_decode_box_layer(image, shapes, viewer, **kwargs).run()
 
 
 def _has_area(boxes: np.ndarray, view: ImageView) -> np.ndarray:

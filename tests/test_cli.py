@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tifffile
@@ -99,15 +96,28 @@ def test_models_list_and_path(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NAPARI_MOBILESAMV2_CACHE", str(tmp_path))
     assert main(["models", "path"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path)
+    (tmp_path / "Prompt_guided_Mask_Decoder.pt").write_bytes(b"x" * 2_000_000)
     assert main(["models", "list"]) == 0
-    listing = capsys.readouterr().out
-    assert "ObjectAwareModel.pt" in listing and "missing" in listing
-    assert main(["models", "verify", "l2.pt"]) == 1
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:5] == ["file", "used", "for", "size", "status"]
+    by_name = {row.split()[0]: row for row in rows}
+    assert len(by_name) == 7
+    assert "2,565 MB" in by_name["sam_vit_h_4b8939.pth"] and "missing" in by_name["sam_vit_h_4b8939.pth"]
+    assert "2 MB" in by_name["Prompt_guided_Mask_Decoder.pt"] and "in cache" in by_name["Prompt_guided_Mask_Decoder.pt"]
+    assert "unknown" in by_name["ObjectAwareModel.pt"]
 
 
-def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "napari_mobilesamv2.cli", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "segment-everything" in result.stdout
+def test_models_verify_checks_the_default_set_without_downloading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NAPARI_MOBILESAMV2_CACHE", str(tmp_path))
+    monkeypatch.setattr("napari_mobilesamv2.models.download.fetch", lambda *a, **k: pytest.fail("downloaded"))
+    assert main(["models", "verify"]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["l2.pt", "Prompt_guided_Mask_Decoder.pt",
+                                                          "ObjectAwareModel.pt"]
+    assert all("missing (get it with 'napari-mobilesamv2 models download" in line for line in lines[:3])
+    assert lines[3] == f"cache folder: {tmp_path}" and len(lines) == 4
+    assert main(["models", "verify", "nope.pt"]) == 2
+    assert "unknown weights file(s) nope.pt" in capsys.readouterr().err
 
 
 def test_stack_is_segmented_plane_by_plane_with_linked_ids(tmp_path, weights, monkeypatch):

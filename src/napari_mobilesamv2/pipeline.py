@@ -9,13 +9,16 @@ and loaded by :mod:`napari_mobilesamv2.models`; results are
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Generator
 
 import numpy as np
 import torch
 
-from .decode.prompted import DecodedMasks, ObjectPrompt, decode_boxes, decode_object_prompts
+from .decode.batching import default_chunk
+from .decode.prompted import DecodedMasks, ObjectPrompt, decode_boxes, decode_object_prompts, join_decoded
 from .devices import CpuFallback, resolve_device
 from .embedding import ImageEmbedding, embed_image
 from .errors import InputError
@@ -23,13 +26,12 @@ from .imaging import to_rgb_uint8
 from .models import build as model_build
 from .models import weights
 from .models.registry import DEFAULT_ENCODER
-from .prompts.user import check_boxes, check_fraction, check_object, objects_from_prompts, prompt_box
+from .options import MAX_DETECTIONS, EverythingOptions
+from .prompts.user import check_boxes, check_object, objects_from_prompts, prompt_box
 from .results import Segmentation, build_segmentation, empty_segmentation, filter_objects, quality_mask
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("object-aware", "grid")
-MAX_IMGSZ = 4096  # detector input side; memory grows with its square
 
 
 class MobileSAMv2:
@@ -155,15 +157,16 @@ class MobileSAMv2:
                                self.image_encoder)
 
     def detect(
-        self, image_rgb: np.ndarray, *, conf: float = 0.4, iou: float = 0.9, imgsz: int = 1024, max_det: int = 300
+        self, image_rgb: np.ndarray, *, conf: float = 0.4, iou: float = 0.9, imgsz: int = 1024,
+        max_det: int = MAX_DETECTIONS,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Object-aware box prompts: (N, 4) xyxy image-pixel boxes and (N,) scores, best first."""
+        """Object-aware box prompts: (N, 4) xyxy image-pixel boxes and (N,) scores, best first.
+
+        `conf`, `iou` and `imgsz` are checked as the :class:`EverythingOptions` of the same names.
+        """
         if self.detector is None:
             raise InputError("this pipeline was built without the object-aware detector")
-        check_fraction("conf", conf)
-        check_fraction("iou", iou)
-        if not 32 <= imgsz <= MAX_IMGSZ or imgsz % 32:
-            raise InputError(f"imgsz must be a multiple of 32 from 32 to {MAX_IMGSZ} (default 1024), not {imgsz}")
+        EverythingOptions(conf=conf, iou=iou, imgsz=imgsz)  # checks the values
         from .prompts.object_aware import detect_objects
 
         return self._steps.run(
@@ -178,21 +181,11 @@ class MobileSAMv2:
     def segment_everything(
         self,
         image: np.ndarray,
+        options: EverythingOptions | None = None,
         *,
-        strategy: str = "object-aware",
-        conf: float = 0.4,
-        iou: float = 0.9,
-        imgsz: int = 1024,
-        max_det: int = 300,
-        max_prompts: int = 320,
-        batch_size: int | None = None,
-        points_per_side: int = 32,
-        min_predicted_iou: float | None = None,
-        min_stability: float | None = None,
-        min_area: int | None = None,
         embedding: ImageEmbedding | None = None,
         boxes_xyxy: np.ndarray | None = None,
-        **conversion,
+        **settings,
     ) -> Segmentation:
         """Find every object in one image plane.
 
@@ -200,50 +193,112 @@ class MobileSAMv2:
         best first, at most `max_prompts`) prompt the decoder, one mask each, in
         detector order; nothing is filtered unless a ``min_*`` filter is given.
         ``strategy="grid"`` runs SAM's grid search with `points_per_side`² points.
-        Passing `boxes_xyxy` skips the detector (e.g. boxes the user edited).
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            One plane: grey, RGB or multi-channel, any dtype (see :func:`to_rgb_uint8`).
+        options : EverythingOptions, optional
+            The settings; default ``EverythingOptions()``.
+        embedding : ImageEmbedding, optional
+            The plane's embedding, when already computed.
+        boxes_xyxy : numpy.ndarray, optional
+            (N, 4) box prompts to decode instead of the detector's (e.g. edited boxes).
+        **settings
+            Settings of :class:`EverythingOptions` (they override `options`), and the
+            image conversion keywords of :func:`to_rgb_uint8` (``normalization``,
+            ``channel_axis``, ``channels``, ...).
         """
-        if strategy not in STRATEGIES:
-            raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
-        if batch_size is not None and batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, not {batch_size}")
+        options, conversion = _split_settings(options, settings)
+        options.check_strategy()
+        steps = self.segment_everything_steps(image, options, embedding=embedding, boxes_xyxy=boxes_xyxy,
+                                              **conversion)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as finished:
+                return finished.value
+
+    def segment_everything_steps(
+        self,
+        image: np.ndarray,
+        options: EverythingOptions,
+        *,
+        embedding: ImageEmbedding | None = None,
+        boxes_xyxy: np.ndarray | None = None,
+        **conversion,
+    ) -> Generator[tuple[str, str], None, Segmentation]:
+        """:meth:`segment_everything` as a generator: yields ``(stage, detail)`` after each step.
+
+        The steps are: embedding, detecting, decoding (one step per group of box batches, so a
+        caller can stop within about a second on a CPU) and assembling. Returns the
+        :class:`Segmentation`.
+        """
+        if boxes_xyxy is not None and options.strategy != "object-aware":
+            raise InputError("box prompts are decoded with the object-aware strategy; choose strategy='object-aware'")
         image_rgb = self.prepare_image(image, **conversion)
         shape = image_rgb.shape[:2]
         if boxes_xyxy is None and image_rgb.min() == image_rgb.max():
             log.warning("the image has the same value everywhere after conversion to 8 bit: no objects to find "
                         "(check the plane, the channels and the normalization)")
-            return empty_segmentation(shape, strategy)
-        embedding = embedding if embedding is not None else self.embed(image_rgb)
-        if strategy == "grid":
-            return self._segment_grid(embedding, image_rgb, points_per_side)
+            return empty_segmentation(shape, options.strategy)
+        if embedding is None:
+            embedding = self.embed(image_rgb)
+            yield "embedding", "image embedded"
+        if options.strategy == "grid":
+            result = self._segment_grid(embedding, image_rgb, options)
+            yield "decoding", f"{len(result)} grid masks"
+            return result
         if boxes_xyxy is None:
-            if max_prompts < 1:
-                raise InputError(f"max_prompts must be at least 1, not {max_prompts}")
-            boxes_xyxy, scores = self.detect(image_rgb, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det)
-            boxes_xyxy, scores = boxes_xyxy[:max_prompts], scores[:max_prompts]
+            boxes_xyxy, scores = self.detect(image_rgb, conf=options.conf, iou=options.iou, imgsz=options.imgsz)
+            boxes_xyxy, scores = boxes_xyxy[:options.max_prompts], scores[:options.max_prompts]
+            yield "detecting", f"{len(boxes_xyxy)} boxes"
         else:
             boxes_xyxy = check_boxes(boxes_xyxy, shape)
             scores = np.full(len(boxes_xyxy), np.nan, np.float32)
-        decoded = self._steps.run(
-            "mask decoder", self.device,
-            lambda pe, md, device: decode_boxes(pe, md, embedding.to(device), boxes_xyxy, batch_size),
-            self.prompt_encoder, self.mask_decoder,
-        )
-        keep = quality_mask(decoded, min_predicted_iou, min_stability, min_area)
+        decoded = yield from self._decode_box_steps(embedding, boxes_xyxy, options)
+        keep = quality_mask(decoded, options.min_predicted_iou, options.min_stability, options.min_area)
         if not keep.all():
             decoded, boxes_xyxy, scores = filter_objects(decoded, keep), boxes_xyxy[keep], scores[keep]
-        return build_segmentation(decoded, boxes_xyxy, scores, shape, "object-aware")
+        result = build_segmentation(decoded, boxes_xyxy, scores, shape, "object-aware")
+        yield "assembling", f"{len(result)} objects"
+        return result
 
-    def _segment_grid(self, embedding: ImageEmbedding, image_rgb: np.ndarray, points_per_side: int) -> Segmentation:
-        from .prompts.grid import grid_everything
+    def _decode_box_steps(
+        self, embedding: ImageEmbedding, boxes_xyxy: np.ndarray, options: EverythingOptions
+    ) -> Generator[tuple[str, str], None, DecodedMasks]:
+        """Decode boxes in groups of whole batches (so results equal one call's), one step per group."""
+        batch = options.batch_size or default_chunk(self.device)
+        group = batch * BATCHES_PER_STEP if self.device.type == "cpu" else max(len(boxes_xyxy), 1)
+        parts = []
+        for start in range(0, max(len(boxes_xyxy), 1), group):
+            boxes = boxes_xyxy[start:start + group]
+            parts.append(self._steps.run(
+                "mask decoder", self.device,
+                lambda pe, md, device: decode_boxes(pe, md, embedding.to(device), boxes, batch, options.exact),
+                self.prompt_encoder, self.mask_decoder,
+            ))
+            yield "decoding", f"decoding boxes {start + len(boxes)} of {len(boxes_xyxy)}"
+        return join_decoded(parts)
 
-        if points_per_side < 1:
-            raise InputError(f"points_per_side must be at least 1, not {points_per_side}")
+    def _segment_grid(self, embedding: ImageEmbedding, image_rgb: np.ndarray, options: EverythingOptions) -> Segmentation:
+        from .prompts.grid import GRID_DEFAULTS, grid_everything
+
         found = grid_everything(
-            self.prompt_encoder, self.mask_decoder, embedding, image_rgb, points_per_side=points_per_side
+            self.prompt_encoder, self.mask_decoder, embedding, image_rgb, points_per_side=options.points_per_side,
+            points_per_batch=options.batch_size or GRID_DEFAULTS["points_per_batch"],
+            pred_iou_thresh=_or_default(options.min_predicted_iou, GRID_DEFAULTS["pred_iou_thresh"]),
+            stability_score_thresh=_or_default(options.min_stability, GRID_DEFAULTS["stability_score_thresh"]),
         )
         decoded = DecodedMasks(found["crops"], found["predicted_iou"], found["stability"], torch.zeros(0))
-        scores = np.full(len(found["crops"]), np.nan, np.float32)
-        return build_segmentation(decoded, found["boxes_xyxy"], scores, image_rgb.shape[:2], "grid")
+        boxes, scores = found["boxes_xyxy"], np.full(len(found["crops"]), np.nan, np.float32)
+        if options.min_area is not None:
+            keep = quality_mask(decoded, min_area=options.min_area)
+            decoded, boxes, scores = DecodedMasks(
+                [c for c, k in zip(decoded.crops, keep) if k], decoded.predicted_iou[keep], decoded.stability[keep],
+                torch.zeros(0),
+            ), boxes[keep], scores[keep]
+        return build_segmentation(decoded, boxes, scores, image_rgb.shape[:2], "grid")
 
     # -- segment anything ---------------------------------------------------------------------
     def segment_prompts(
@@ -286,3 +341,20 @@ class MobileSAMv2:
         if not objects:
             raise InputError("no prompts: give at least one positive point or one box")
         return self.segment_prompts(image, objects, embedding=embedding, **conversion)
+
+
+# Decoder batches per progress step on a CPU: 8 batches of 4 boxes take about a second.
+BATCHES_PER_STEP = 8
+
+
+def _or_default(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _split_settings(options: EverythingOptions | None, settings: dict) -> tuple[EverythingOptions, dict]:
+    """`options` with the keyword settings applied, and the remaining (image conversion) keywords."""
+    names = {f.name for f in dataclasses.fields(EverythingOptions)}
+    changes = {k: v for k, v in settings.items() if k in names}
+    conversion = {k: v for k, v in settings.items() if k not in names}
+    options = options if options is not None else EverythingOptions()
+    return (options.replace(**changes) if changes else options), conversion

@@ -60,6 +60,18 @@ class DecodedMasks:
         return len(self.crops)
 
 
+def join_decoded(parts: list[DecodedMasks]) -> DecodedMasks:
+    """The masks of several :class:`DecodedMasks`, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return DecodedMasks(
+        [crop for part in parts for crop in part.crops],
+        np.concatenate([part.predicted_iou for part in parts]).astype(np.float32),
+        np.concatenate([part.stability for part in parts]).astype(np.float32),
+        torch.cat([part.low_res_logits for part in parts]),
+    )
+
+
 def transform_boxes(boxes_xyxy: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
     """Image-pixel boxes to the 1024 model frame (``ResizeLongestSide.apply_boxes``, float64)."""
     return _TRANSFORM.apply_boxes(np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), original_size)

@@ -18,6 +18,8 @@ from ..decode.masks import MaskCrop, crop_to_content
 from ..embedding import PIXEL_MEAN, PIXEL_STD, ImageEmbedding
 
 GRID_SIZES = (16, 32, 64)
+#: SAM's automatic mask generator settings used when no other value is given
+GRID_DEFAULTS = {"points_per_batch": 64, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
 
 
 class _EmbeddedPredictor(SamPredictor):
@@ -44,9 +46,9 @@ def grid_everything(
     image_rgb: np.ndarray,
     *,
     points_per_side: int = 32,
-    points_per_batch: int = 64,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
+    points_per_batch: int = GRID_DEFAULTS["points_per_batch"],
+    pred_iou_thresh: float = GRID_DEFAULTS["pred_iou_thresh"],
+    stability_score_thresh: float = GRID_DEFAULTS["stability_score_thresh"],
     box_nms_thresh: float = 0.7,
 ) -> dict:
     """Run SAM's automatic mask generator with a points grid on `embedding`.

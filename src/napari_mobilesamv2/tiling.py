@@ -13,7 +13,7 @@ pixel-edge sense (a box covering pixel columns 10..19 is ``x0=10, x1=20``), as t
 detector returns them. Tiles and windows are integer ``[y0, y1) x [x0, x1)`` ranges.
 
 An object at most ``overlap`` pixels high and wide lies whole inside at least one
-tile, so it is found uncut there.
+tile: choose the overlap at least as large as the largest objects.
 """
 
 from __future__ import annotations

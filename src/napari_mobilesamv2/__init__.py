@@ -16,6 +16,9 @@ from .errors import (
 )
 from .imaging import to_rgb_uint8
 from .pipeline import MobileSAMv2, Segmentation, objects_from_prompts
+from .evaluation import (
+    MatchingResult, ProposalRecall, evaluate_label_files, evaluate_proposal_files, match_labels, proposal_recall,
+)
 
 __version__ = "0.1.0"
 
@@ -23,4 +26,6 @@ __all__ = [
     "CheckpointError", "ImageEmbedding", "InputError", "IntegrityError", "MobileSAMv2", "MobileSAMv2Error",
     "ObjectPrompt", "OutputError", "Segmentation", "UntrustedWeightsError", "UntrustedWeightsWarning", "WeightsUnavailableError", "objects_from_prompts",
     "to_rgb_uint8",
+    "MatchingResult", "ProposalRecall", "evaluate_label_files", "evaluate_proposal_files", "match_labels",
+    "proposal_recall",
 ]

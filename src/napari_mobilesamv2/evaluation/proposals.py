@@ -241,7 +241,7 @@ def check_ks(ks: int | Sequence[int]) -> tuple[int, ...]:
     """
     values = list(np.atleast_1d(ks))
     if not values or any(not float(k).is_integer() or k < 1 for k in values):
-        raise InputError(f"K values must be positive whole numbers such as 10,100,1000; got {values}")
+        raise InputError(f"K values must be positive whole numbers such as 10,100,1000; got {', '.join(map(str, values)) or 'none'}")
     return tuple(sorted({int(k) for k in values}))
 
 

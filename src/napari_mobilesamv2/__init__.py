@@ -20,6 +20,15 @@ from .errors import (
     WeightsUnavailableError,
 )
 from .imaging import to_rgb_uint8
+from .evaluation import (
+    MatchingResult,
+    ProposalRecall,
+    evaluate_label_files,
+    evaluate_proposal_files,
+    match_labels,
+    proposal_recall,
+)
+from .options import EverythingOptions, ImageOptions, ModelOptions
 from .pipeline import MobileSAMv2
 from .prompts.user import objects_from_prompts
 from .results import Segmentation
@@ -27,7 +36,9 @@ from .results import Segmentation
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ImageEmbedding", "InputError", "IntegrityError", "MobileSAMv2", "MobileSAMv2Error",
-    "ObjectPrompt", "OutputError", "Segmentation", "UntrustedWeightsError", "UntrustedWeightsWarning", "WeightsUnavailableError", "objects_from_prompts",
+    "CheckpointError", "EverythingOptions", "ImageEmbedding", "ImageOptions", "InputError", "IntegrityError",
+    "MatchingResult", "MobileSAMv2", "MobileSAMv2Error", "ModelOptions", "ObjectPrompt", "OutputError",
+    "ProposalRecall", "Segmentation", "UntrustedWeightsError", "UntrustedWeightsWarning", "WeightsUnavailableError",
+    "evaluate_label_files", "evaluate_proposal_files", "match_labels", "objects_from_prompts", "proposal_recall",
     "to_rgb_uint8",
 ]

@@ -143,7 +143,7 @@ def _add_everything_command(commands) -> None:
 
 EVERYTHING_GROUPS = {
     "strategy": "strategy", "detector": "object-aware detector", "grid": "grid strategy",
-    "decoder": "mask decoder", "filters": "mask filters", "stack": "stacks",
+    "decoder": "mask decoder", "filters": "mask filters", "stack": "stacks", "tiling": "large images",
 }
 
 

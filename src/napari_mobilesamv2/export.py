@@ -33,7 +33,7 @@ def coco_results(segmentation, image_id: int = 0, category_id: int = 1) -> list[
     ``bbox`` is the prompt box as [x, y, w, h]; ``score`` the detector confidence
     (the predicted IoU where there is no detector score); ``id`` the label id.
     """
-    shape = segmentation.labels.shape
+    shape = segmentation.shape
     results = []
     for k, (crop, box) in enumerate(zip(segmentation.crops, segmentation.boxes_xyxy)):
         score = float(segmentation.score[k])

@@ -45,7 +45,8 @@ def check_plane_shape(height: int, width: int) -> None:
     if height * width > MAX_PIXELS:
         raise InputError(
             f"the image is {height}x{width} pixels ({height * width / 1e6:.0f} MP), more than the "
-            f"{MAX_PIXELS / 1e6:.0f} MP one run can hold; process it in tiles or downsample it"
+            f"{MAX_PIXELS / 1e6:.0f} MP one untiled run can hold; segment it in tiles (--tile 1024 on the "
+            "command line, tile=1024 in Python, 'tile' in napari's advanced settings)"
         )
 
 
@@ -127,18 +128,59 @@ def scale_to_uint8(
         normalization = "percentile"
     values = image.astype(np.float64)
     out = np.empty(image.shape, dtype=np.uint8)
+    per_channel = contrast_limits is not None and np.ndim(contrast_limits) == 2
     for c in range(values.shape[-1]):
         channel = values[..., c]
-        low, high = _channel_range(channel, normalization, percentiles, contrast_limits)
+        limits = contrast_limits[c] if per_channel else contrast_limits
+        low, high = _channel_range(channel, normalization, percentiles, limits)
         out[..., c] = _rescale(channel, low, high)
     return out
+
+
+def intensity_ranges(
+    sample: np.ndarray,
+    *,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+    normalization: str = "auto",
+    percentiles: tuple[float, float] = (1.0, 99.8),
+    contrast_limits: tuple[float, float] | None = None,
+) -> dict:
+    """Conversion keywords that map every part of an image the way `sample` of it is mapped.
+
+    Percentile and min-max normalization depend on the pixels converted, so the tiles
+    of a large image would each get their own mapping. This measures the ranges once
+    on `sample` (the whole plane, or a regular subsample of it) and returns keywords of
+    :func:`to_rgb_uint8` with those ranges as per-channel ``contrast_limits``.
+
+    Returns
+    -------
+    dict
+        Keywords for :func:`to_rgb_uint8`; unchanged ones where no range is measured
+        (uint8 with ``auto``, ``none``, ``contrast_limits``, bool images).
+    """
+    given = {"normalization": normalization, "percentiles": percentiles, "contrast_limits": contrast_limits}
+    if channel_axis is not None:
+        given["channel_axis"] = channel_axis
+    if channels is not None:
+        given["channels"] = channels
+    picked = select_channels(channels_last(sample, channel_axis), channels)
+    if picked.ndim == 2:
+        picked = picked[..., None]
+    if normalization in ("none", "contrast_limits") or picked.dtype == bool or (
+            normalization == "auto" and picked.dtype == np.uint8):
+        return given
+    mode = "percentile" if normalization == "auto" else normalization
+    values = picked.astype(np.float64)
+    limits = [_channel_range(values[..., c], mode, percentiles, None) for c in range(values.shape[-1])]
+    return {**given, "normalization": "contrast_limits", "contrast_limits": limits}
 
 
 def _channel_range(channel, normalization, percentiles, contrast_limits) -> tuple[float, float]:
     if normalization == "none":
         return 0.0, 255.0
     if normalization == "contrast_limits":
-        if contrast_limits is None or len(contrast_limits) != 2 or not np.isfinite(contrast_limits).all():
+        if contrast_limits is None or np.shape(contrast_limits) != (2,) or not np.isfinite(contrast_limits).all():
             raise InputError("normalization='contrast_limits' needs contrast_limits=(low, high), two finite numbers")
         return float(contrast_limits[0]), float(contrast_limits[1])
     finite = channel[np.isfinite(channel)]

@@ -272,6 +272,22 @@ class EverythingOptions(_Checked):
         0.5, "stacks: least mask IoU for objects of neighbouring planes to share an id", "stack",
         minimum=0.0, maximum=1.0, minimum_exclusive=True,
     )
+    tile: int | None = option(
+        None, "segment the image in square tiles of this many pixels at native resolution, for images larger "
+        "than one view (max_prompts then applies per tile)", "tiling", minimum=256, maximum=65536,
+        unset="no tiling",
+    )
+    overlap: int = option(
+        128, "pixels shared by neighbouring tiles; at least the size of the largest objects", "tiling",
+        minimum=0, maximum=32767,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tile is not None:
+            from .tiling import check_tiling
+
+            check_tiling(self.tile, self.overlap)
 
     def not_applying(self) -> list[str]:
         """Settings changed from their default that the chosen strategy does not use."""

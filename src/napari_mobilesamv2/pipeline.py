@@ -10,6 +10,7 @@ and loaded by :mod:`napari_mobilesamv2.models`; results are
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Generator
@@ -21,16 +22,23 @@ from .decode.batching import default_chunk
 from .decode.prompted import DecodedMasks, ObjectPrompt, decode_boxes, decode_object_prompts, join_decoded
 from .devices import CpuFallback, resolve_device
 from .embedding import ImageEmbedding, embed_image
+from .engine import run
 from .errors import InputError
 from .imaging import to_rgb_uint8
 from .models import build as model_build
-from .models import weights
+from .models import download, weights
 from .models.registry import DEFAULT_ENCODER
 from .options import MAX_DETECTIONS, EverythingOptions
 from .prompts.user import check_boxes, check_object, objects_from_prompts, prompt_box
 from .results import Segmentation, build_segmentation, empty_segmentation, filter_objects, quality_mask
 
 log = logging.getLogger(__name__)
+
+# Box sides this close (network pixels) to the image border are snapped onto it, as the official code does.
+BORDER_SNAP = 20.0
+
+# Decoder batches per progress step on a CPU: 8 batches of 4 boxes take about a second.
+BATCHES_PER_STEP = 8
 
 
 
@@ -74,6 +82,8 @@ class MobileSAMv2:
         self._steps = CpuFallback()
         self.device = resolve_device(device)
         self.encoder_name = encoder_name
+        self._encoder_id: str | None = None
+        self._model_id: str | None = None
         self.image_encoder = image_encoder.to(self.device).eval()
         self.prompt_encoder = prompt_encoder.to(self.device).eval()
         self.mask_decoder = mask_decoder.to(self.device).eval()
@@ -138,7 +148,30 @@ class MobileSAMv2:
                                                      cached=detector_weights is None)
         image_encoder = model_build.load_image_encoder(encoder, files["encoder"])
         prompt_encoder, mask_decoder = model_build.load_prompt_decoder(files["decoder"])
-        return cls(image_encoder, prompt_encoder, mask_decoder, detector, device=device, encoder_name=encoder)
+        model = cls(image_encoder, prompt_encoder, mask_decoder, detector, device=device, encoder_name=encoder)
+        model._encoder_id = download.sha256_of(files["encoder"])
+        return model
+
+    @property
+    def model_id(self) -> str:
+        """sha256 over the weights of all modules: identifies the models a saved run used."""
+        if self._model_id is None:
+            from .embedding_cache import module_fingerprint
+
+            parts = [self.encoder_id] + [module_fingerprint(m) for m in (self.prompt_encoder, self.mask_decoder)]
+            if self.detector is not None:
+                parts.append(module_fingerprint(self.detector))
+            self._model_id = hashlib.sha256(" ".join(parts).encode()).hexdigest()
+        return self._model_id
+
+    @property
+    def encoder_id(self) -> str:
+        """sha256 of the image encoder's weights file (or of its parameters): keys cached embeddings."""
+        if self._encoder_id is None:
+            from .embedding_cache import module_fingerprint
+
+            self._encoder_id = module_fingerprint(self.image_encoder)
+        return self._encoder_id
 
     # -- stages ---------------------------------------------------------------------------
     def prepare_image(self, image: np.ndarray, **conversion) -> np.ndarray:
@@ -158,11 +191,12 @@ class MobileSAMv2:
 
     def detect(
         self, image_rgb: np.ndarray, *, conf: float = 0.4, iou: float = 0.9, imgsz: int = 1024,
-        max_det: int = MAX_DETECTIONS,
+        max_det: int = MAX_DETECTIONS, border_threshold: float = BORDER_SNAP,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Object-aware box prompts: (N, 4) xyxy image-pixel boxes and (N,) scores, best first.
 
-        `conf`, `iou` and `imgsz` are checked as the :class:`EverythingOptions` of the same names.
+        `conf`, `iou` and `imgsz` are checked as the :class:`EverythingOptions` of the same names;
+        box sides within `border_threshold` network pixels of the image border are snapped onto it.
         """
         if self.detector is None:
             raise InputError("this pipeline was built without the object-aware detector")
@@ -172,7 +206,8 @@ class MobileSAMv2:
         return self._steps.run(
             "detector", self.device,
             lambda detector, device: detect_objects(
-                detector, image_rgb, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device
+                detector, image_rgb, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
+                border_threshold=border_threshold, device=device,
             ),
             self.detector,
         )
@@ -211,13 +246,8 @@ class MobileSAMv2:
         """
         options, conversion = _split_settings(options, settings)
         options.check_strategy()
-        steps = self.segment_everything_steps(image, options, embedding=embedding, boxes_xyxy=boxes_xyxy,
-                                              **conversion)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as finished:
-                return finished.value
+        return run(self.segment_everything_steps(image, options, embedding=embedding, boxes_xyxy=boxes_xyxy,
+                                                 **conversion))
 
     def segment_everything_steps(
         self,
@@ -263,6 +293,13 @@ class MobileSAMv2:
         result = build_segmentation(decoded, boxes_xyxy, scores, shape, "object-aware")
         yield "assembling", f"{len(result)} objects"
         return result
+
+    def decode_boxes(
+        self, embedding: ImageEmbedding, boxes_xyxy: np.ndarray, options: EverythingOptions | None = None
+    ) -> DecodedMasks:
+        """One mask per box (image pixels of the embedded image), in box order; nothing is filtered."""
+        boxes_xyxy = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+        return run(self._decode_box_steps(embedding, boxes_xyxy, options or EverythingOptions()))
 
     def _decode_box_steps(
         self, embedding: ImageEmbedding, boxes_xyxy: np.ndarray, options: EverythingOptions
@@ -343,8 +380,6 @@ class MobileSAMv2:
         return self.segment_prompts(image, objects, embedding=embedding, **conversion)
 
 
-# Decoder batches per progress step on a CPU: 8 batches of 4 boxes take about a second.
-BATCHES_PER_STEP = 8
 
 
 def _or_default(value: float | None, default: float) -> float:

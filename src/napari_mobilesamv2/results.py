@@ -33,6 +33,8 @@ class Segmentation:
         (N,) int64 pixels of each object visible in `labels`.
     strategy : str
         How the objects were found: ``"object-aware"``, ``"grid"`` or ``"prompts"``.
+    tile : numpy.ndarray, optional
+        (N,) int64 index of the tile that decoded each object (tiled runs only).
     """
 
     labels: np.ndarray
@@ -43,9 +45,15 @@ class Segmentation:
     stability: np.ndarray
     visible_area: np.ndarray
     strategy: str = "object-aware"
+    tile: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.crops)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the plane."""
+        return tuple(self.labels.shape)
 
     @property
     def ids(self) -> np.ndarray:
@@ -62,6 +70,7 @@ class Segmentation:
             "id": self.ids, "x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
             "score": self.score, "predicted_iou": self.predicted_iou, "stability": self.stability,
             "area": self.area, "visible_area": self.visible_area,
+            **({"tile": self.tile} if self.tile is not None else {}),
         }
 
 

@@ -33,6 +33,21 @@ class MaskCrop:
         self._packed = np.packbits(mask, axis=None)
         self.area = int(np.count_nonzero(mask))
 
+    @classmethod
+    def from_packed(cls, top: int, left: int, shape: tuple[int, int], packed: np.ndarray, area: int) -> MaskCrop:
+        """A crop from the bits of :attr:`packed` (e.g. read back from a file), without unpacking."""
+        crop = cls.__new__(cls)
+        crop.top, crop.left = int(top), int(left)
+        crop.shape = (int(shape[0]), int(shape[1]))
+        crop._packed = np.asarray(packed, np.uint8)
+        crop.area = int(area)
+        return crop
+
+    @property
+    def packed(self) -> np.ndarray:
+        """The mask's bits, 8 pixels per byte (C order)."""
+        return self._packed
+
     @property
     def mask(self) -> np.ndarray:
         """(h, w) bool array of the crop."""

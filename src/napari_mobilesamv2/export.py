@@ -15,9 +15,28 @@ from .stack import LinkedStack
 
 
 def encode_rle(crop: MaskCrop, shape: tuple[int, int]) -> dict:
-    """COCO RLE (``{'size': [H, W], 'counts': str}``) of a mask crop in an image of `shape`."""
-    rle = mask_utils.encode(np.asfortranarray(crop.to_full(shape).astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    """COCO RLE (``{'size': [H, W], 'counts': str}``) of a mask crop in an image of `shape`.
+
+    Only the columns the crop spans are expanded (to full height), so large images cost
+    no more than their objects.
+    """
+    height, width = (int(s) for s in shape)
+    h, w = crop.shape
+    strip = np.zeros((height, w), dtype=bool)
+    strip[crop.top:crop.top + h] = crop.mask
+    flat = strip.ravel(order="F")
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist() if flat.size else [0]
+    if flat.size and flat[0]:
+        runs.insert(0, 0)  # RLE counts start with background
+    runs[0] += crop.left * height
+    after = (width - crop.left - w) * height
+    if len(runs) % 2:
+        runs[-1] += after
+    elif after:
+        runs.append(after)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def decode_rle(rle: dict) -> np.ndarray:

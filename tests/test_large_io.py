@@ -249,7 +249,7 @@ def _write_in_blocks(writer, labels, block=256):
                 writer.write(window, labels[window])
 
 
-@pytest.mark.parametrize("name", ["labels.zarr", "labels.ome.zarr", "labels.tif"])
+@pytest.mark.parametrize("name", ["labels.zarr", "labels.ome.zarr", "labels.tif", "labels.ome.tiff"])
 @pytest.mark.parametrize("shape", [(H, W), (3, 300, 350)])
 def test_labels_round_trip(tmp_path, name, shape):
     labels = _labels(shape)
@@ -263,6 +263,11 @@ def test_labels_round_trip(tmp_path, name, shape):
     np.testing.assert_array_equal(image[...], labels)
     axes = "YX" if len(shape) == 2 else "ZYX"
     assert image.axes == axes
+    if name == "labels.ome.zarr":
+        assert zarr.open_group(path, mode="r").attrs["multiscales"][0]["name"] == "labels"
+    if name.endswith(".ome.tiff"):
+        with tifffile.TiffFile(path) as tif:
+            assert tif.is_ome and tif.series[0].axes == axes
 
 
 def test_zarr_output_is_chunked_int32(tmp_path):

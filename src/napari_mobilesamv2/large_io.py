@@ -41,7 +41,7 @@ import numpy as np
 import tifffile
 
 from .errors import InputError, OutputError
-from .io import TIFF_SUFFIXES, check_output_path, read_image
+from .io import TIFF_SUFFIXES, _first_line, check_output_path, read_image
 
 BIGTIFF_SUFFIXES = (".btf", ".tf2", ".tf8")
 ZARR_SUFFIX = ".zarr"
@@ -282,15 +282,7 @@ def as_lazy(
             raise InputError("the multiscale list is empty; give at least the full-resolution array")
         for i, item in enumerate(data):
             _check_array_like(item, f"level {i} of the multiscale list")
-        index = _check_level(level, len(data), "the multiscale list")
-        return LazyImage(
-            data[index],
-            axes=axes,
-            level=index,
-            level_shapes=[item.shape for item in data],
-            has_channels=has_channels,
-            source=f"multiscale list, level {index}",
-        )
+        return _pick_level(data, level, "the multiscale list", axes, has_channels)
     _check_array_like(data, "the image")
     _check_level(level, 1, "the array")
     return LazyImage(data, axes=axes, has_channels=has_channels, source=type(data).__name__)
@@ -358,6 +350,20 @@ def _read(array: Any, key: Any) -> np.ndarray:
     return np.asarray(region)
 
 
+def _pick_level(
+    arrays: Sequence[Any], level: int | None, where: str, axes: str | None, has_channels: bool | None
+) -> LazyImage:
+    index = _check_level(level, len(arrays), where)
+    return LazyImage(
+        arrays[index],
+        axes=axes,
+        level=index,
+        level_shapes=[a.shape for a in arrays],
+        has_channels=has_channels,
+        source=f"{where}, level {index}",
+    )
+
+
 def _infer_channels(shape: tuple[int, ...], axes: str | None) -> bool:
     if axes:
         return axes[-1] in _CHANNEL_LETTERS
@@ -379,11 +385,6 @@ def _check_level(level: int | None, n_levels: int, source: Any) -> int:
             f"level{'s' if n_levels != 1 else ''} ({levels})"
         )
     return int(level)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _dask_chunks(array: Any, n_stack: int) -> tuple[int, ...]:
@@ -528,14 +529,7 @@ def _open_ome_level(
         ) from None
     names = [axis["name"] if isinstance(axis, dict) else str(axis) for axis in multiscales.get("axes", [])]
     axes = "".join(names) if names and all(len(n) == 1 for n in names) else None
-    return LazyImage(
-        arrays[index],
-        axes=axes,
-        level=index,
-        level_shapes=[a.shape for a in arrays],
-        has_channels=has_channels,
-        source=f"{where} (level {index})",
-    )
+    return _pick_level(arrays, index, where, axes, has_channels)
 
 
 def _single_array(zarr: Any, group: Any, path: Path, where: str) -> tuple[Any, str]:
@@ -682,8 +676,7 @@ class LabelsWriter:
         Raises
         ------
         OutputError
-            Writing failed (e.g. the disk is full); the partial output is removed
-            and the previous output kept.
+            As :meth:`write`; an existing output is replaced only once the new one is complete.
         """
         self._require_open()
         with self._cleanly():
@@ -768,7 +761,8 @@ class LabelsWriter:
         workers = min(4, os.cpu_count() or 1)
         # tifffile buffers up to `buffersize` bytes of tiles for its threads (hundreds of MiB by default)
         buffersize = 4 * workers * self.dtype.itemsize * math.prod(self.tile)
-        with tifffile.TiffWriter(self._partial, bigtiff=bigtiff) as tiff:
+        ome = self.path.name.lower().endswith((".ome.tif", ".ome.tiff"))  # tifffile can't tell from the temporary name
+        with tifffile.TiffWriter(self._partial, bigtiff=bigtiff, ome=ome) as tiff:
             tiff.write(
                 _tiles(self._array, self.tile),
                 shape=self.shape,
@@ -809,11 +803,11 @@ def open_labels_for_napari(path: str | os.PathLike, *, multiscale: bool | None =
         The path does not exist or cannot be read.
     """
     first = open_image(path, has_channels=False)
+    if multiscale is False:
+        return first.to_dask()
     levels = [first.to_dask()]
     for index in range(1, first.n_levels):
         levels.append(open_image(path, level=index, has_channels=False).to_dask())
-    if multiscale is False:
-        return levels[0]
     if len(levels) == 1 and max(first.height, first.width) > NAPARI_PLANE_LIMIT:
         step = 2
         while max(first.height, first.width) / (step / 2) > NAPARI_PLANE_LIMIT:
@@ -887,9 +881,10 @@ def _label_chunks(chunks: Sequence[int] | None, shape: tuple[int, ...]) -> tuple
 
 
 def _ome_metadata(axes: str, path: Path) -> dict[str, Any]:
+    suffix = OME_ZARR_SUFFIX if path.name.lower().endswith(OME_ZARR_SUFFIX) else ZARR_SUFFIX
     return {
         "version": "0.4",
-        "name": path.name[: -len(ZARR_SUFFIX)],
+        "name": path.name[: -len(suffix)],
         "axes": [{"name": a, **({"type": _OME_AXIS_TYPES[a]} if a in _OME_AXIS_TYPES else {})} for a in axes],
         "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(axes)}]}],
     }

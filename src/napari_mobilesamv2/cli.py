@@ -18,9 +18,10 @@ from pathlib import Path
 
 from .errors import InputError, MobileSAMv2Error, OutputError
 from .models.registry import WEIGHT_FILES, default_weight_set
+from .imaging import MAX_PIXELS
 from .options import EverythingOptions, ImageOptions, ModelOptions, OptionInfo, options_of
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".zarr")
 EXIT_USER_ERROR = 2
 
 
@@ -136,6 +137,14 @@ def _add_everything_command(commands) -> None:
              "one id through neighbouring planes",
     )
     groups["stack"].add_argument("--rgb", action="store_true", help="with --stack: the last axis holds RGB channels")
+    groups["tiling"].add_argument(
+        "--embeddings", type=Path, metavar="DIR",
+        help="keep image embeddings in this folder and reuse them in later runs of the same images and models",
+    )
+    groups["tiling"].add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted tiled run from the tiles it finished (kept in OUTPUT.run next to the output)",
+    )
     for info in options_of(EverythingOptions):
         _add_option(groups[info.spec.group], info)
     everything.set_defaults(run=run_segment_everything)
@@ -263,8 +272,11 @@ def collect_images(paths: Sequence[Path]) -> list[Path]:
     """Expand folders into their image files (sorted); check that files exist."""
     images = []
     for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if path.is_dir() and path.suffix.lower() == ".zarr":
+            images.append(path)  # a zarr store is one image
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                           and (p.is_file() or p.suffix.lower() == ".zarr"))
             if not found:
                 raise InputError(f"the folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             images.extend(found)
@@ -318,25 +330,138 @@ def _refuse_shared_outputs(images: list[Path], outputs: list[tuple[Path | None, 
 def run_segment_everything(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from . import engine
     from .io import read_image
 
     options = options_from_args(EverythingOptions, args)
     image_options = options_from_args(ImageOptions, args)
     images = collect_images(args.images)
     outputs = output_paths(args, images)
+    embeddings = _embedding_cache(args.embeddings)
     model = _load_model(args, with_detector=options.strategy == "object-aware")
     for image_id, (path, (labels_path, proposals_path)) in enumerate(tqdm(list(zip(images, outputs)),
                                                                           desc="segment everything", unit="image")):
-        image = read_image(path)
         if args.stack:
-            count = _segment_stack_file(model, image, labels_path, proposals_path, args.rgb, options, image_options)
+            count = _segment_stack_file(model, read_image(path), labels_path, proposals_path, args.rgb, options,
+                                        image_options)
         else:
-            result, = _run_with_bar(engine.segment_planes(model, [()], lambda _: image, options, image_options.conversion()))
-            _write_outputs(result, labels_path, proposals_path, image_id)
-            count = len(result)
+            run = PlaneRun(model, path, labels_path, proposals_path, image_id, embeddings, args.resume)
+            count = run.segment(options, image_options)
         tqdm.write(f"{path}: {count} objects")
     return 0
+
+
+def _embedding_cache(folder: Path | None):
+    if folder is None:
+        return None
+    from .embedding_cache import EmbeddingCache
+
+    return EmbeddingCache(folder)
+
+
+class PlaneRun:
+    """Segment everything in one image file and write its outputs (tiled for large images)."""
+
+    def __init__(self, model, path: Path, labels_path, proposals_path, image_id: int, embeddings, resume: bool):
+        self.model, self.path, self.image_id = model, path, image_id
+        self.labels_path, self.proposals_path = labels_path, proposals_path
+        self.embeddings, self.resume = embeddings, resume
+
+    def segment(self, options: EverythingOptions, image_options: ImageOptions) -> int:
+        from .large_io import open_image
+
+        lazy = _open_plane(self.path)
+        if lazy is not None and options.tile is None and lazy.height * lazy.width > MAX_PIXELS:
+            warnings.warn(f"{self.path} has {lazy.height}x{lazy.width} pixels, more than one untiled run holds: "
+                          f"segmenting it in tiles of {LARGE_IMAGE_TILE} px (set --tile to choose)", UserWarning,
+                          stacklevel=1)
+            options = options.replace(tile=LARGE_IMAGE_TILE)
+        if lazy is not None and options.tile is not None and max(lazy.height, lazy.width) > options.tile:
+            return self._tiled(open_image(self.path), options, image_options.conversion())
+        return self._whole(options, image_options.conversion())
+
+    def _whole(self, options, conversion) -> int:
+        from . import engine
+        from .io import read_image
+
+        image = read_image(self.path)
+        embedding_of = None
+        if self.embeddings is not None:
+            def embedding_of(key, pixels):
+                rgb = self.model.prepare_image(pixels, **conversion)
+                return engine.embed_cached(self.model, self.embeddings, rgb, key)
+
+        result, = _run_with_bar(engine.segment_planes(self.model, [()], lambda _: image, options, conversion,
+                                                      embedding_of=embedding_of))
+        self._write(result)
+        return len(result)
+
+    def _tiled(self, lazy, options, conversion) -> int:
+        from .resume import RunRecord, record_folder
+        from .tiled import segment_tiled_steps
+
+        shape = (lazy.height, lazy.width)
+        identity = {
+            "image": _file_identity(self.path, lazy), "options": options.to_dict(), "conversion": conversion,
+            "models": self.model.model_id,
+        }
+        record = RunRecord(record_folder(self.labels_path or self.proposals_path), identity, resume=self.resume)
+        with lazy:
+            result = _run_with_bar(segment_tiled_steps(
+                self.model, shape, lambda rows, cols: lazy[rows, cols], options, conversion,
+                embeddings=self.embeddings, record=record,
+            ))
+        self._write(result)
+        record.discard()
+        return len(result)
+
+    def _write(self, result) -> None:
+        from .export import coco_results, write_json
+
+        if self.labels_path is not None:
+            write_label_image(self.labels_path, result)
+        if self.proposals_path is not None:
+            write_json(self.proposals_path, coco_results(result, image_id=self.image_id))
+
+
+LARGE_IMAGE_TILE = 1024
+PAINT_WINDOW = 2048  # labels of large images are painted and written in windows of this many pixels a side
+
+
+def write_label_image(path: Path, result) -> None:
+    """Labels of a result into a TIFF or zarr file; a tiled result window by window, atomically."""
+    from .io import write_labels
+    from .large_io import LabelsWriter
+
+    labels = getattr(result, "labels", None)
+    if labels is not None and path.suffix.lower() != ".zarr":
+        write_labels(path, labels)
+        return
+    height, width = result.shape
+    with LabelsWriter(path, (height, width)) as writer:
+        for y0 in range(0, height, PAINT_WINDOW):
+            for x0 in range(0, width, PAINT_WINDOW):
+                rows, cols = slice(y0, min(height, y0 + PAINT_WINDOW)), slice(x0, min(width, x0 + PAINT_WINDOW))
+                block = labels[rows, cols] if labels is not None else result.paint(rows, cols)[0]
+                writer.write((rows, cols), block)
+
+
+def _open_plane(path: Path):
+    """The image opened lazily when it is one 2D plane (grey or with channels), else None."""
+    from .large_io import open_image
+
+    try:
+        lazy = open_image(path)
+    except (MobileSAMv2Error, OSError, ValueError):
+        return None  # read whole later, with the usual messages
+    with lazy:
+        plane = len(lazy.shape) == 2 + bool(lazy.has_channels)
+    return lazy if plane else None
+
+
+def _file_identity(path: Path, lazy) -> dict:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "shape": list(lazy.shape), "dtype": str(lazy.dtype),
+            "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _run_with_bar(steps):

@@ -68,6 +68,22 @@ def run(steps: Steps[Result], on_progress: Callable[[Progress], Any] | None = No
             on_progress(progress)
 
 
+def embed_cached(model, cache, image_rgb: np.ndarray, plane: PlaneKey = (), tile: tuple | None = None):
+    """The embedding of a prepared image, from the on-disk `cache` when it holds it (else computed and kept).
+
+    The key is the pixels' sha256, the encoder and its weights, the plane and the tile
+    (see :func:`~napari_mobilesamv2.embedding_cache.embedding_key`); without a cache the
+    embedding is computed.
+    """
+    if cache is None:
+        return model.embed(image_rgb)
+    from .embedding_cache import embedding_key
+
+    key = embedding_key(image_rgb, encoder_name=model.encoder_name, weights_sha256=model.encoder_id, plane=plane,
+                        tile=tile)
+    return cache.get_or_compute(key, lambda: model.embed(image_rgb))
+
+
 def stack_keys(stack_shape: Sequence[int]) -> list[PlaneKey]:
     """Index of every plane of a stack of `stack_shape`, in C order (``[()]`` for one plane)."""
     return [tuple(int(i) for i in key) for key in np.ndindex(*stack_shape)]

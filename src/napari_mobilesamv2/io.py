@@ -59,7 +59,7 @@ def check_output_path(path: str | os.PathLike, inputs: tuple[str | os.PathLike, 
     for given in inputs:
         if Path(given).exists() and path.exists() and path.resolve() == Path(given).resolve():
             raise OutputError(f"the output {path} is the input image; choose another file name")
-    if path.is_dir():
+    if path.is_dir() and path.suffix.lower() != ".zarr":
         raise OutputError(f"the output {path} is a directory; give a file name")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():

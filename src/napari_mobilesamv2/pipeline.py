@@ -26,7 +26,8 @@ from .engine import run
 from .errors import InputError
 from .imaging import to_rgb_uint8
 from .models import build as model_build
-from .models import download, weights
+from .models import weights
+from .models.download import sha256_of
 from .models.registry import DEFAULT_ENCODER
 from .options import MAX_DETECTIONS, EverythingOptions
 from .prompts.user import check_boxes, check_object, objects_from_prompts, prompt_box
@@ -149,7 +150,7 @@ class MobileSAMv2:
         image_encoder = model_build.load_image_encoder(encoder, files["encoder"])
         prompt_encoder, mask_decoder = model_build.load_prompt_decoder(files["decoder"])
         model = cls(image_encoder, prompt_encoder, mask_decoder, detector, device=device, encoder_name=encoder)
-        model._encoder_id = download.sha256_of(files["encoder"])
+        model._encoder_id = sha256_of(files["encoder"])
         return model
 
     @property

@@ -33,7 +33,7 @@ import numpy as np
 from .decode.labels import assemble_labels, paint_order
 from .decode.masks import MaskCrop
 from .decode.prompted import DecodedMasks
-from .engine import PlaneKey, Progress, Steps
+from .engine import PlaneKey, Progress, Steps, embed_cached
 from .imaging import intensity_ranges
 from .options import EverythingOptions
 from .results import Segmentation, quality_mask
@@ -178,17 +178,10 @@ def _tile_reader(model, read_window: ReadWindow, conversion: dict) -> Callable[[
 
 
 def _tile_embedder(model, rgb_of, embeddings, plane: PlaneKey):
-    """``embed(tile, rgb=None)``: the tile's embedding, from the cache when there is one."""
+    """``embed(tile)``: the tile's embedding, from the cache when there is one."""
 
-    def embed(tile: Tile, rgb: np.ndarray | None = None):
-        rgb = rgb_of(tile) if rgb is None else rgb
-        if embeddings is None:
-            return model.embed(rgb)
-        from .embedding_cache import embedding_key
-
-        key = embedding_key(rgb, encoder_name=model.encoder_name, weights_sha256=model.encoder_id, plane=plane,
-                            tile=(tile.y0, tile.x0, tile.y1, tile.x1))
-        return embeddings.get_or_compute(key, lambda: model.embed(rgb))
+    def embed(tile: Tile):
+        return embed_cached(model, embeddings, rgb_of(tile), plane, (tile.y0, tile.x0, tile.y1, tile.x1))
 
     return embed
 

@@ -24,6 +24,7 @@ can be kept in an :class:`~napari_mobilesamv2.embedding_cache.EmbeddingCache`.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,13 @@ def segment_tiled_steps(
         yield Progress("detecting", tile.index + 1, len(tiles), f"tile {tile.index + 1} of {len(tiles)}: "
                                                                  f"{len(boxes[0])} boxes")
     merged = merge_tile_boxes(tiles, [b for b, _ in found], [s for _, s in found], shape, iou=options.iou)
-    owner, _ = owner_tile(merged.boxes_xyxy, tiles, shape)
+    owner, whole = owner_tile(merged.boxes_xyxy, tiles, shape)
+    if not whole.all():
+        warnings.warn(
+            f"{int((~whole).sum())} object(s) are larger than a tile: their masks end at the tile's edge "
+            f"(choose a larger tile or overlap than {options.tile} and {options.overlap} px)", UserWarning,
+            stacklevel=2,
+        )
     decoded: dict[int, DecodedMasks] = {}
     owning = [tile for tile in tiles if (owner == tile.index).any()]
     for done, tile in enumerate(owning):

@@ -565,6 +565,11 @@ class LabelsWriter:
     tile), so an existing output is replaced only by :meth:`commit`. After a crash
     the previous output is still there, with ``.partial`` leftovers that the next
     writer for the same output removes. Memory use does not grow with the image.
+    A name ending in ``.ome.tif`` or ``.ome.tiff`` gets OME-XML metadata.
+
+    Windows aligned to the chunks are written fastest; windows written from several
+    threads at once must not share a chunk (``chunks``; for TIFF outputs, bands of
+    ``tile[0]`` rows).
 
     Use it in a ``with`` block: leaving it normally commits, an exception discards
     the new output and keeps the previous one.

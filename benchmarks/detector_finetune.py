@@ -108,13 +108,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test-images", type=int, default=20)
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--imgsz", type=int, default=256, help="network input size for training and detection")
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, one per core)")
     parser.add_argument("--start", type=Path, default=START, help="starting detector (ObjectAwareModel.pt format)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from napari_mobilesamv2.models.detector import load_object_aware_model
     from napari_mobilesamv2.training import load_detector_state, train_detector

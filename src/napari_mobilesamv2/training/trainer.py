@@ -34,6 +34,7 @@ from torch import nn
 from ..errors import CheckpointError, InputError, OutputError
 from ..io import check_output_path
 from ..models import download
+from ..models.detector import ObjectAwareDetector
 from ..models.registry import DETECTOR_FILE
 from .dataset import Source, YoloDataset, write_yolo_dataset
 from .evaluation import BoxScores, ThresholdChoice, evaluate_detector, tune_thresholds
@@ -61,6 +62,9 @@ class TrainingReport:
     ----------
     path : pathlib.Path
         The fine-tuned detector (pickle-free; :func:`~napari_mobilesamv2.training.load_detector_state`).
+    detector : ObjectAwareDetector
+        The fine-tuned detector, loaded (fused, float32, eval mode, on the training device): what
+        ``load_detector_state(path)`` returns.
     card_path : pathlib.Path
         Its model card (JSON, also stored inside the detector file).
     card : dict
@@ -89,6 +93,7 @@ class TrainingReport:
     """
 
     path: Path
+    detector: ObjectAwareDetector
     card_path: Path
     card: dict
     epochs_run: int
@@ -234,7 +239,7 @@ def train_detector(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return TrainingReport(
-        path=out, card_path=card_path, card=card, epochs_run=len(progress.history),
+        path=out, detector=final, card_path=card_path, card=card, epochs_run=len(progress.history),
         best_epoch=progress.best_epoch, stopped_early=progress.stopped_early, history=progress.history,
         before=before, before_tuned=before_tuned, after=thresholds.scores, after_default=after_default,
         thresholds=thresholds, imgsz=int(imgsz), seconds=time.perf_counter() - started,
@@ -332,6 +337,7 @@ def _overrides(dataset: YoloDataset, work: Path, epochs: int, imgsz: int, batch:
         "epochs": epochs,
         "imgsz": imgsz,
         "batch": max(2, min(batch, n_train)),
+        "nbs": max(2, min(batch, n_train)),  # one optimiser step per batch: few images give few batches
         "device": device,
         "workers": 0 if device in ("cpu", "mps") else min(4, os.cpu_count() or 1),
         "project": str(work / "runs"),
@@ -354,12 +360,14 @@ def _overrides(dataset: YoloDataset, work: Path, epochs: int, imgsz: int, batch:
 def _run_trainer(overrides: dict, dataset: YoloDataset, model: nn.Module, progress: _Progress, verbose: bool,
                  work: Path) -> None:
     trainer_class = _trainer_class()
-    with _quiet(not verbose), _no_integrations():
-        trainer = trainer_class(dataset, overrides)
-    trainer.model = model
-    trainer.add_callback("on_train_batch_end", lambda t: _poll_stop(t, progress))
-    trainer.add_callback("on_fit_epoch_end", lambda t: _end_of_epoch(t, progress))
+    threads = torch.get_num_threads()
     try:
+        with _quiet(not verbose), _no_integrations():
+            trainer = trainer_class(dataset, overrides)
+        torch.set_num_threads(threads)  # Ultralytics leaves one core idle for data loading, done inline on the CPU
+        trainer.model = model
+        trainer.add_callback("on_train_batch_end", lambda t: _poll_stop(t, progress))
+        trainer.add_callback("on_fit_epoch_end", lambda t: _end_of_epoch(t, progress))
         with _quiet(not verbose):
             trainer.train()
     except OSError as error:
@@ -368,6 +376,8 @@ def _run_trainer(overrides: dict, dataset: YoloDataset, model: nn.Module, progre
                               "or choose another workdir; no detector was written") from None
         raise OutputError(f"training could not write to {work}: {error.strerror or error}; "
                           "no detector was written") from None
+    finally:
+        torch.set_num_threads(threads)
     if progress.best_state is None:
         raise RuntimeError("training ended without a validated epoch")
 

@@ -60,7 +60,8 @@ def synthetic_nuclei(seed: int, size: int = 256, n_objects: tuple[int, int] = (6
         labels[rows, cols] = placed
         occupied |= ndimage.binary_dilation(labels == placed, iterations=2)
     yy, xx = np.mgrid[0:size, 0:size] / size
-    background = 300 + 150 * np.sin(2 * np.pi * (yy * rng.uniform(0.3, 1) + xx * rng.uniform(0.3, 1)) + rng.uniform(0, 6))
+    phase = 2 * np.pi * (yy * rng.uniform(0.3, 1) + xx * rng.uniform(0.3, 1)) + rng.uniform(0, 6)
+    background = 300 + 150 * np.sin(phase)
     signal = np.zeros((size, size))
     for object_id in range(1, placed + 1):
         mask = labels == object_id

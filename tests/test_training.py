@@ -37,6 +37,15 @@ from napari_mobilesamv2.training.state import trainable_from_pickle
 from .conftest import DETECTOR_FIXTURE
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny networks gain nothing from more threads, and on a busy 2-core machine two can stall each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def nuclei(seed: int, size: int = 128, per_side: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """uint16 image with one bright disc per grid cell, and its uint16 label image."""
     rng = np.random.default_rng(seed)
@@ -305,6 +314,7 @@ def trained(tmp_path_factory):
         patch.setattr(socket.socket, "connect", network.refuse("connect"))
         patch.setattr(socket, "getaddrinfo", network.refuse("getaddrinfo"))
         patch.setattr(socket, "create_connection", network.refuse("create_connection"))
+        patch.setattr("ultralytics.utils.torch_utils.NUM_THREADS", threads + 1)  # what its device setup would set
         report = train_detector(images, labels, folder / "tuned.pt", start=DETECTOR_FIXTURE, trust_weights=True,
                                 epochs=2, imgsz=128, batch=4, device="cpu",
                                 on_epoch=lambda epoch, metrics: epochs_seen.append((epoch, metrics)))

@@ -173,7 +173,8 @@ def pair_files(images: str | os.PathLike, labels: str | os.PathLike) -> list[tup
         if not folder.is_dir():
             raise InputError(f"the {role} folder {folder} does not exist or is not a folder")
     if folders["images"].resolve() == folders["labels"].resolve():
-        raise InputError(f"images and labels are both in {folders['images']}; give two folders with the same file names")
+        raise InputError(f"images and labels are both in {folders['images']}; "
+                         "give two folders with the same file names")
     names = {role: {p.name: p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)}
              for role, folder in folders.items()}
     if not names["images"]:

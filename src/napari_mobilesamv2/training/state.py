@@ -294,7 +294,8 @@ def trainable_from_pickle(path: str | os.PathLike, *, trusted: bool) -> tuple[nn
     network.model[-1] = _detect_head_from(network.model[-1], path)
     architecture = architecture_from_yaml(getattr(network, "yaml", None) or {})
     model = build_detection_model(architecture)
-    weights = {key: value.float() if value.is_floating_point() else value for key, value in network.state_dict().items()}
+    weights = {key: value.float() if value.is_floating_point() else value
+               for key, value in network.state_dict().items()}
     load_strict(model, weights, source=path, expected="MobileSAMv2's ObjectAwareModel.pt")
     model.names = {0: "object"}
     return model, architecture

@@ -15,7 +15,6 @@ augmentation (mosaic, HSV, flips, scale/translate), optimiser and EMA. Around it
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import errno
 import logging
@@ -307,7 +306,8 @@ def _starting_model(start, trust_weights: bool, allow_download: bool) -> tuple[P
     else:
         path = Path(start)
         if not path.is_file():
-            raise CheckpointError(f"the starting detector {path} {'is a directory' if path.is_dir() else 'does not exist'}")
+            problem = "is a directory" if path.is_dir() else "does not exist"
+            raise CheckpointError(f"the starting detector {path} {problem}")
         if is_detector_state(path):
             model, architecture = trainable_from_state(path)
             return path, model, architecture, "napari-mobilesamv2-detector"
@@ -454,8 +454,8 @@ def _end_of_epoch(trainer, progress: _Progress) -> None:
     key = (metrics["map50"], metrics["recall"])
     if progress.best_key is None or key > progress.best_key:
         progress.best_key, progress.best_epoch = key, metrics["epoch"]
-        progress.best_state = {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
-                               for k, v in trainer.ema.ema.state_dict().items()}
+        progress.best_state = {key: value.detach().to("cpu", copy=True)
+                               for key, value in trainer.ema.ema.state_dict().items()}
     wants_stop = progress.on_epoch is not None and progress.on_epoch(metrics["epoch"], dict(metrics)) is False
     if wants_stop or (progress.should_stop is not None and progress.should_stop()):
         progress.stopped_early = progress.stopped_early or metrics["epoch"] < trainer.epochs

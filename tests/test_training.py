@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import socket
@@ -267,6 +268,23 @@ def test_architectures_that_could_run_code_or_differ_are_refused(converted, tmp_
     torch.save(data, edited)
     with pytest.raises(CheckpointError, match=message):
         load_detector_state(edited)
+
+
+def test_architecture_with_model_scales_as_ultralytics_8_0_120_stores_them(converted):
+    """Stock YOLOv8 yamls carry `scales` and the chosen `scale` instead of depth and width multiples."""
+    from napari_mobilesamv2.training.state import architecture_from_yaml, build_detection_model
+
+    stored = torch.load(converted, map_location="cpu", weights_only=True)["architecture"]["yaml"]
+    scaled = {key: copy.deepcopy(value) for key, value in stored.items()
+              if key not in ("depth_multiple", "width_multiple")}
+    scaled.update(scales={"n": [0.33, 0.03125, 1024]}, scale="n", yaml_file="yolov8n-seg.yaml", ch=3)
+    scaled["head"][-1] = [[15, 18, 21], 1, "Segment", ["nc", 32, 256]]
+    architecture = architecture_from_yaml(scaled)
+    assert "yaml_file" not in architecture["yaml"] and architecture["yaml"]["scale"] == "n"
+    model = build_detection_model(architecture)
+    reference = build_detection_model({**architecture, "yaml": stored})
+    assert [tuple(v.shape) for v in model.state_dict().values()] == [
+        tuple(v.shape) for v in reference.state_dict().values()]
 
 
 def test_the_loss_of_the_trainable_model_uses_26_dfl_bins():

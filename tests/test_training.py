@@ -1,0 +1,437 @@
+"""Detector fine-tuning: dataset conversion, errors, the pickle-free detector file, training, cancellation."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import socket
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_mobilesamv2.errors import CheckpointError, InputError, OutputError, UntrustedWeightsError
+from napari_mobilesamv2.imaging import to_rgb_uint8
+from napari_mobilesamv2.models.detector import ObjectAwareDetector, load_object_aware_model
+from napari_mobilesamv2.prompts.object_aware import detect_objects
+from napari_mobilesamv2.training import (
+    FORMAT,
+    boxes_from_labels,
+    convert_detector,
+    count_matches,
+    evaluate_detector,
+    is_detector_state,
+    load_detector_state,
+    read_detector_state,
+    split_indices,
+    train_detector,
+    tune_thresholds,
+    write_yolo_dataset,
+    yolo_lines,
+)
+from napari_mobilesamv2.training.state import trainable_from_pickle
+
+from .conftest import DETECTOR_FIXTURE
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny networks gain nothing from more threads, and on a busy 2-core machine two can stall each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def nuclei(seed: int, size: int = 128, per_side: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """uint16 image with one bright disc per grid cell, and its uint16 label image."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((size, size), np.uint16)
+    cell = size // per_side
+    yy, xx = np.mgrid[0:size, 0:size]
+    for index in range(per_side * per_side):
+        radius = rng.uniform(6, cell / 2 - 6)
+        centre_y = (index // per_side) * cell + rng.uniform(radius + 2, cell - radius - 2)
+        centre_x = (index % per_side) * cell + rng.uniform(radius + 2, cell - radius - 2)
+        labels[(yy - centre_y) ** 2 + (xx - centre_x) ** 2 <= radius**2] = index + 1
+    image = 200 + rng.normal(0, 20, labels.shape) + 1500 * (labels > 0)
+    return np.clip(image, 0, 65535).astype(np.uint16), labels
+
+
+def write_pairs(folder: Path, seeds, size: int = 128, suffix: str = ".tif") -> tuple[Path, Path]:
+    images, labels = folder / "images", folder / "labels"
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(exist_ok=True)
+    for seed in seeds:
+        image, label = nuclei(seed, size)
+        tifffile.imwrite(images / f"n{seed:02d}{suffix}", image)
+        tifffile.imwrite(labels / f"n{seed:02d}{suffix}", label)
+    return images, labels
+
+
+# --- dataset ---------------------------------------------------------------------------------------
+
+
+def test_boxes_from_labels_gives_one_pixel_edge_box_per_id_in_id_order():
+    labels = np.zeros((20, 30), np.uint16)
+    labels[2:5, 3:9] = 7
+    labels[10:12, 20:30] = 3
+    labels[15:20, 0:1] = 7  # a second piece of id 7: still one box
+    boxes = boxes_from_labels(labels)
+    assert boxes.dtype == np.float32
+    np.testing.assert_array_equal(boxes, [[20, 10, 30, 12], [0, 2, 9, 20]])
+    assert boxes_from_labels(np.zeros((4, 4), np.uint8)).shape == (0, 4)
+    np.testing.assert_array_equal(boxes_from_labels(np.ones((4, 5), np.int32)), [[0, 0, 5, 4]])  # no background
+
+
+def test_yolo_lines_are_normalised_centre_and_size():
+    lines = yolo_lines(np.array([[2, 1, 5, 3], [0, 0, 8, 6]], np.float32), (6, 8))
+    assert lines == ["0 0.437500 0.333333 0.375000 0.333333", "0 0.500000 0.500000 1.000000 1.000000"]
+
+
+def test_split_is_seeded_disjoint_and_holds_out_at_least_one():
+    train, val = split_indices(10, 0.2, seed=3)
+    assert len(val) == 2 and len(train) == 8
+    assert sorted([*train, *val]) == list(range(10))
+    again = split_indices(10, 0.2, seed=3)
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
+    assert [len(part) for part in split_indices(2, 0.2)] == [1, 1]
+    assert [len(part) for part in split_indices(3, 0.01)] == [2, 1]
+    with pytest.raises(InputError, match="at least 2 are needed"):
+        split_indices(1)
+
+
+def test_write_yolo_dataset_writes_images_labels_and_yaml(tmp_path):
+    images, labels = write_pairs(tmp_path, range(5))
+    dataset = write_yolo_dataset(images, labels, tmp_path / "yolo", val_fraction=0.2, seed=0)
+    assert len(dataset.train) == 4 and len(dataset.val) == 1
+    assert dataset.n_objects == (16, 4)
+    names = sorted(a.name for a in dataset.train + dataset.val)
+    assert names == [f"n{s:02d}.tif" for s in range(5)]
+    for annotated in dataset.train + dataset.val:
+        image, label = tifffile.imread(images / annotated.name), tifffile.imread(labels / annotated.name)
+        np.testing.assert_array_equal(annotated.boxes, boxes_from_labels(label))
+        np.testing.assert_array_equal(annotated.read_rgb(), to_rgb_uint8(image))
+        split = annotated.path.parent.name
+        text = (tmp_path / "yolo" / "labels" / split / f"{annotated.path.stem}.txt").read_text().splitlines()
+        assert text == yolo_lines(annotated.boxes, (128, 128))
+        values = np.array([line.split() for line in text], float)
+        assert (values[:, 0] == 0).all() and (values[:, 1:] > 0).all() and (values[:, 1:] <= 1).all()
+    yaml = dataset.data_yaml.read_text()
+    assert "train: images/train" in yaml and "val: images/val" in yaml and "nc: 1" in yaml
+    assert dataset.data_dict()["names"] == {0: "object"}
+
+
+def test_dataset_images_reach_the_network_in_the_inference_channel_order(tmp_path):
+    """Ultralytics' loader must hand the network what detect_objects feeds: the RGB channels reversed."""
+    from ultralytics.data.dataset import YOLODataset
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    labels = [nuclei(s)[1] for s in range(3)]
+    dataset = write_yolo_dataset([colour, colour, colour], labels, tmp_path / "yolo", val_fraction=0.34)
+    loader = YOLODataset(img_path=str(tmp_path / "yolo" / "images" / "val"), imgsz=128, augment=False,
+                         data={"names": {0: "object"}, "nc": 1, "channels": 3}, rect=False)
+    network_input = loader[0]["img"].numpy()
+    np.testing.assert_array_equal(network_input, colour[..., ::-1].transpose(2, 0, 1))
+    assert len(dataset.val) == 1
+
+
+def test_in_memory_arrays_are_accepted(tmp_path):
+    pairs = [nuclei(s) for s in range(3)]
+    dataset = write_yolo_dataset([p[0] for p in pairs], [p[1] for p in pairs], tmp_path / "yolo")
+    assert sorted(a.name for a in dataset.train + dataset.val) == ["image_000", "image_001", "image_002"]
+
+
+def test_unpaired_files_are_listed(tmp_path):
+    images, labels = write_pairs(tmp_path, range(4))
+    (labels / "n03.tif").rename(labels / "other.tif")
+    with pytest.raises(InputError) as error:
+        write_yolo_dataset(images, labels, tmp_path / "yolo")
+    message = str(error.value)
+    assert "do not pair up" in message and "n03.tif" in message and "other.tif" in message
+    assert "\n" not in message
+
+
+def test_label_image_of_another_size_is_named(tmp_path):
+    images, labels = write_pairs(tmp_path, range(4))
+    tifffile.imwrite(labels / "n02.tif", nuclei(2, size=96)[1])
+    with pytest.raises(InputError, match=r"n02\.tif \(96x96 label image, 128x128 image\)"):
+        write_yolo_dataset(images, labels, tmp_path / "yolo")
+
+
+def test_empty_label_images_are_named(tmp_path):
+    images, labels = write_pairs(tmp_path, range(5))
+    for name in ("n01.tif", "n04.tif"):
+        tifffile.imwrite(labels / name, np.zeros((128, 128), np.uint16))
+    with pytest.raises(InputError, match=r"2 label image\(s\) have no objects: n01\.tif, n04\.tif"):
+        write_yolo_dataset(images, labels, tmp_path / "yolo")
+
+
+def test_too_few_objects_says_how_many_are_needed(tmp_path):
+    images, labels = write_pairs(tmp_path, range(2))  # 8 objects
+    with pytest.raises(InputError, match="hold 8 object.* at least 10 are needed"):
+        write_yolo_dataset(images, labels, tmp_path / "yolo")
+
+
+def test_png_and_rgb_label_images(tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for seed in range(3):
+        image, label = nuclei(seed)
+        cv2.imwrite(str(images / f"{seed}.png"), (image // 8).astype(np.uint8))
+        colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)
+        cv2.imwrite(str(labels / f"{seed}.png"), colours[label])  # colour-coded ids
+    dataset = write_yolo_dataset(images, labels, tmp_path / "yolo")
+    for annotated in dataset.train + dataset.val:
+        expected = boxes_from_labels(nuclei(int(Path(annotated.name).stem))[1])
+        np.testing.assert_array_equal(np.sort(annotated.boxes, 0), np.sort(expected, 0))
+
+
+def test_full_disk_while_writing_the_dataset_is_an_output_error(tmp_path, monkeypatch):
+    images, labels = write_pairs(tmp_path, range(4))
+    monkeypatch.setattr(cv2, "imwrite", lambda *args, **kwargs: False)
+    with pytest.raises(OutputError, match="no space left"):
+        write_yolo_dataset(images, labels, tmp_path / "yolo")
+
+
+# --- matching and thresholds -------------------------------------------------------------------------
+
+
+def test_count_matches_is_one_to_one_at_iou_half():
+    true = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    predicted = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 26, 30], [50, 50, 60, 60]], np.float32)
+    assert count_matches(predicted, true) == 2  # the duplicate of box 0 does not count twice; 6/10 IoU matches
+    assert count_matches(predicted[[3]], true) == 0
+    assert count_matches(np.zeros((0, 4)), true) == 0
+    assert count_matches(np.array([[20, 20, 24, 30]], np.float32), true) == 0  # IoU 0.4
+
+
+# --- pickle-free detector file -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> Path:
+    return convert_detector(DETECTOR_FIXTURE, tmp_path_factory.mktemp("state") / "detector.pt", trusted=True)
+
+
+def test_converted_file_loads_with_weights_only_and_gives_the_pickles_boxes(converted):
+    raw = torch.load(converted, map_location="cpu", weights_only=True)
+    assert raw["format"] == FORMAT and raw["architecture"]["reg_max"] == 26 and raw["architecture"]["nc"] == 1
+    assert raw["architecture"]["stride"] == [8.0, 16.0, 32.0]
+    assert raw["architecture"]["yaml"]["head"][-1] == [[15, 18, 21], 1, "Detect", ["nc"]]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in raw["state_dict"].values())
+    detector, reference = load_detector_state(converted), load_object_aware_model(DETECTOR_FIXTURE)
+    assert type(detector) is ObjectAwareDetector and type(detector.head) is type(reference.head)
+    assert detector.head.reg_max == 26 and detector.head.nc == 1 and not detector.training
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in detector.parameters())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.modules())
+    assert detector.stride.tolist() == [8.0, 16.0, 32.0]
+    x = torch.rand(1, 3, 160, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(detector(x), reference(x))
+    image = to_rgb_uint8(nuclei(0, 160)[0])
+    for got, expected in zip(detect_objects(detector, image, imgsz=160), detect_objects(reference, image, imgsz=160)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_is_detector_state_tells_the_formats_apart(converted, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    assert is_detector_state(converted)
+    assert not is_detector_state(DETECTOR_FIXTURE)  # the pickle is refused by weights_only, never unpickled
+    assert not any(is_detector_state(p) for p in (garbage, plain, tmp_path / "missing.pt", tmp_path))
+    with pytest.raises(CheckpointError, match="a pickle with Python objects"):
+        read_detector_state(DETECTOR_FIXTURE)
+    with pytest.raises(CheckpointError, match="another kind of PyTorch file"):
+        read_detector_state(plain)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda a: a["yaml"].update(activation="__import__('os').getcwd()"), "unknown keys"),
+    (lambda a: a["yaml"]["backbone"][0].__setitem__(2, "torch_safe_load"), "type 'torch_safe_load'"),
+    (lambda a: a["yaml"]["backbone"][0].__setitem__(3, ["os.system('x')"]), "arguments"),
+    (lambda a: a.update(nc=2), "nc=2"),
+    (lambda a: a["yaml"]["head"].__setitem__(-1, [[15, 18, 21], 1, "Conv", [16]]), "not a Detect head"),
+])
+def test_architectures_that_could_run_code_or_differ_are_refused(converted, tmp_path, edit, message):
+    data = torch.load(converted, map_location="cpu", weights_only=True)
+    edit(data["architecture"])
+    edited = tmp_path / "edited.pt"
+    torch.save(data, edited)
+    with pytest.raises(CheckpointError, match=message):
+        load_detector_state(edited)
+
+
+def test_architecture_with_model_scales_as_ultralytics_8_0_120_stores_them(converted):
+    """Stock YOLOv8 yamls carry `scales` and the chosen `scale` instead of depth and width multiples."""
+    from napari_mobilesamv2.training.state import architecture_from_yaml, build_detection_model
+
+    stored = torch.load(converted, map_location="cpu", weights_only=True)["architecture"]["yaml"]
+    scaled = {key: copy.deepcopy(value) for key, value in stored.items()
+              if key not in ("depth_multiple", "width_multiple")}
+    scaled.update(scales={"n": [0.33, 0.03125, 1024]}, scale="n", yaml_file="yolov8n-seg.yaml", ch=3)
+    scaled["head"][-1] = [[15, 18, 21], 1, "Segment", ["nc", 32, 256]]
+    architecture = architecture_from_yaml(scaled)
+    assert "yaml_file" not in architecture["yaml"] and architecture["yaml"]["scale"] == "n"
+    model = build_detection_model(architecture)
+    reference = build_detection_model({**architecture, "yaml": stored})
+    assert [tuple(v.shape) for v in model.state_dict().values()] == [
+        tuple(v.shape) for v in reference.state_dict().values()]
+
+
+def test_the_loss_of_the_trainable_model_uses_26_dfl_bins():
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils.loss import v8DetectionLoss
+
+    model, architecture = trainable_from_pickle(DETECTOR_FIXTURE, trusted=True)
+    assert architecture["reg_max"] == 26 and model.model[-1].reg_max == 26
+    model.args = get_cfg()
+    criterion = model.init_criterion()
+    assert type(criterion) is v8DetectionLoss and criterion.reg_max == 26 and criterion.proj.numel() == 26
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # unfused: trainable
+
+
+def test_an_unknown_pickle_needs_trust(tmp_path):
+    images, labels = write_pairs(tmp_path, range(4))
+    with pytest.raises(UntrustedWeightsError, match="trust_weights=True"):
+        train_detector(images, labels, tmp_path / "out.pt", start=DETECTOR_FIXTURE, epochs=1, imgsz=128)
+    assert not (tmp_path / "out.pt").exists()
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+class NetworkCalls:
+    def __init__(self):
+        self.calls = []
+
+    def refuse(self, name):
+        def refused(*args, **kwargs):
+            self.calls.append((name, args[:2]))
+            raise OSError(errno.ENETUNREACH, "network access during a test")
+        return refused
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two epochs on five 128 px images from the tiny fixture, with every network access refused."""
+    folder = tmp_path_factory.mktemp("train")
+    images, labels = write_pairs(folder, range(5))
+    epochs_seen = []
+    network = NetworkCalls()
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", network.refuse("connect"))
+        patch.setattr(socket, "getaddrinfo", network.refuse("getaddrinfo"))
+        patch.setattr(socket, "create_connection", network.refuse("create_connection"))
+        patch.setattr("ultralytics.utils.torch_utils.NUM_THREADS", threads + 1)  # what its device setup would set
+        report = train_detector(images, labels, folder / "tuned.pt", start=DETECTOR_FIXTURE, trust_weights=True,
+                                epochs=2, imgsz=128, batch=4, device="cpu",
+                                on_epoch=lambda epoch, metrics: epochs_seen.append((epoch, metrics)))
+    assert torch.get_num_threads() == threads  # Ultralytics' thread setting does not leak out
+    return report, epochs_seen, network.calls, folder
+
+
+def test_training_writes_the_detector_and_its_card(trained):
+    report, epochs_seen, network_calls, folder = trained
+    assert network_calls == []
+    assert report.path == folder / "tuned.pt" and report.card_path == folder / "tuned.json"
+    assert sorted(p.name for p in folder.iterdir()) == ["images", "labels", "tuned.json", "tuned.pt"]
+    assert report.epochs_run == 2 and not report.stopped_early and report.best_epoch in (1, 2)
+    assert [epoch for epoch, _ in epochs_seen] == [1, 2]
+    assert set(epochs_seen[0][1]) >= {"box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50",
+                                      "map50_95", "seconds", "epochs"}
+    card = json.loads(report.card_path.read_text())
+    assert card == json.loads(json.dumps(report.card))
+    assert card["data"]["n_train_images"] == 4 and card["data"]["n_val_images"] == 1
+    assert card["data"]["n_train_objects"] == 16 and card["data"]["n_val_objects"] == 4
+    assert card["training"]["epochs"] == 2 and card["training"]["imgsz"] == 128
+    assert len(card["training"]["history"]) == 2
+    assert set(card["metrics"]["before"]) == {"default_thresholds", "tuned_thresholds"}
+    assert card["metrics"]["after"]["tuned_thresholds"]["conf"] == report.thresholds.conf
+    stored = read_detector_state(report.path)
+    assert stored["card"] == card
+    assert stored["inference"] == {"imgsz": 128, "conf": report.thresholds.conf, "iou": report.thresholds.iou}
+    assert tuple(stored["state_dict"]["model.22.cv2.0.2.weight"].shape)[:1] == (4 * 26,)
+
+
+def test_the_saved_detector_predicts_like_the_trained_one(trained):
+    report, *_ = trained
+    loaded = load_detector_state(report.path)
+    x = torch.rand(2, 3, 128, 192, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), report.detector(x))
+    assert not torch.equal(loaded(x), load_object_aware_model(DETECTOR_FIXTURE)(x))  # it did train
+    image = to_rgb_uint8(nuclei(9)[0])
+    got = detect_objects(loaded, image, imgsz=128, conf=0.05)
+    expected = detect_objects(report.detector, image, imgsz=128, conf=0.05)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tuned_thresholds_maximise_f1_on_the_grid(trained):
+    report, *_ = trained
+    pairs = [(to_rgb_uint8(nuclei(s)[0]), boxes_from_labels(nuclei(s)[1])) for s in (20, 21)]
+    choice = tune_thresholds(report.detector, pairs, confs=(0.05, 0.2, 0.5), ious=(0.5, 0.9), imgsz=128)
+    assert len(choice.grid) == 6 and choice.scores.f1 == pytest.approx(max(f1 for _, _, f1 in choice.grid))
+    direct = evaluate_detector(report.detector, pairs, conf=choice.conf, iou=choice.iou, imgsz=128)
+    assert direct.f1 == choice.scores.f1 and direct.n_predicted == choice.scores.n_predicted
+    assert choice.scores.seconds_per_image > 0 and direct.n_true == 8
+
+
+def test_on_epoch_returning_false_stops_and_keeps_the_best_epoch(tmp_path):
+    images, labels = write_pairs(tmp_path, range(5))
+    report = train_detector(images, labels, tmp_path / "stopped.pt", start=DETECTOR_FIXTURE, trust_weights=True,
+                            epochs=20, imgsz=128, batch=4, device="cpu", on_epoch=lambda epoch, metrics: False)
+    assert report.epochs_run == 1 and report.stopped_early and report.best_epoch == 1
+    assert report.card["training"]["stopped_early"] is True and is_detector_state(report.path)
+
+
+def test_should_stop_cancels_within_the_first_epoch(tmp_path):
+    images, labels = write_pairs(tmp_path, range(5))
+    report = train_detector(images, labels, tmp_path / "cancelled.pt", start=DETECTOR_FIXTURE, trust_weights=True,
+                            epochs=20, imgsz=128, batch=2, device="cpu", should_stop=lambda: True)
+    assert report.epochs_run == 1 and report.stopped_early
+
+
+def test_a_full_disk_while_training_is_an_output_error_and_writes_nothing(tmp_path, monkeypatch):
+    from ultralytics.engine.trainer import BaseTrainer
+
+    def full(self, metrics):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(BaseTrainer, "save_metrics", full)
+    images, labels = write_pairs(tmp_path, range(4))
+    out = tmp_path / "out" / "detector.pt"
+    out.parent.mkdir()
+    with pytest.raises(OutputError, match="full while training"):
+        train_detector(images, labels, out, start=DETECTOR_FIXTURE, trust_weights=True, epochs=1, imgsz=128,
+                       batch=4, device="cpu", workdir=tmp_path / "work")
+    assert list(out.parent.iterdir()) == [] and list((tmp_path / "work").iterdir()) == []
+
+
+def test_starting_from_a_fine_tuned_file_needs_no_trust(converted, tmp_path):
+    images, labels = write_pairs(tmp_path, range(4))
+    report = train_detector(images, labels, tmp_path / "again.pt", start=converted, epochs=1, imgsz=128, batch=4,
+                            device="cpu")
+    assert report.card["start"]["format"] == FORMAT and is_detector_state(report.path)
+
+
+def test_bad_parameters_are_refused_before_any_work(tmp_path):
+    images, labels = write_pairs(tmp_path, range(4))
+    for kwargs, message in (({"epochs": 0}, "epochs"), ({"imgsz": 100}, "multiple of 32"), ({"batch": 1}, "batch"),
+                            ({"device": "tpu"}, "device")):
+        with pytest.raises(InputError, match=message):
+            train_detector(images, labels, tmp_path / "x.pt", start=DETECTOR_FIXTURE, trust_weights=True, **kwargs)
+    with pytest.raises(InputError, match="model card"):
+        train_detector(images, labels, tmp_path / "x.json", start=DETECTOR_FIXTURE, trust_weights=True)
+    with pytest.raises(OutputError, match="does not exist"):
+        train_detector(images, labels, tmp_path / "missing" / "x.pt", start=DETECTOR_FIXTURE, trust_weights=True)

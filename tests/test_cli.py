@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import tifffile
 
+from napari_mobilesamv2 import UntrustedWeightsWarning, cli
 from napari_mobilesamv2.cli import main
 from napari_mobilesamv2.export import decode_rle
 
@@ -103,6 +105,19 @@ def test_models_list_and_path(tmp_path, monkeypatch, capsys):
     listing = capsys.readouterr().out
     assert "ObjectAwareModel.pt" in listing and "missing" in listing
     assert main(["models", "verify", "l2.pt"]) == 1
+
+
+def test_warnings_of_other_packages_are_shown_only_when_verbose(monkeypatch, capsys):
+    def run(args):
+        tifffile_source = "/env/lib/python3.11/site-packages/tifffile/tifffile.py"
+        warnings.warn_explicit("a remark of tifffile", UserWarning, tifffile_source, 1)
+        warnings.warn_explicit(UntrustedWeightsWarning("a warning of ours"), None, "/somewhere/script.py", 1)
+
+    monkeypatch.setattr(cli, "run_models", run)
+    assert main(["models", "list"]) == 0
+    assert capsys.readouterr().err == "warning: a warning of ours\n"
+    assert main(["--verbose", "models", "list"]) == 0
+    assert capsys.readouterr().err == "warning (tifffile): a remark of tifffile\nwarning: a warning of ours\n"
 
 
 def test_console_script_is_installed():

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
 
+from napari_mobilesamv2 import UntrustedWeightsWarning, cli
 from napari_mobilesamv2.cli import main
 from napari_mobilesamv2.export import decode_rle
 
@@ -118,6 +121,19 @@ def test_models_verify_checks_the_default_set_without_downloading(tmp_path, monk
     assert lines[3] == f"cache folder: {tmp_path}" and len(lines) == 4
     assert main(["models", "verify", "nope.pt"]) == 2
     assert "unknown weights file(s) nope.pt" in capsys.readouterr().err
+
+
+def test_warnings_of_other_packages_are_shown_only_when_verbose(monkeypatch, capsys):
+    def run(args):
+        tifffile_source = "/env/lib/python3.11/site-packages/tifffile/tifffile.py"
+        warnings.warn_explicit("a remark of tifffile", UserWarning, tifffile_source, 1)
+        warnings.warn_explicit(UntrustedWeightsWarning("a warning of ours"), None, "/somewhere/script.py", 1)
+
+    monkeypatch.setattr(cli, "run_models", run)
+    assert main(["models", "list"]) == 0
+    assert capsys.readouterr().err == "warning: a warning of ours\n"
+    assert main(["--verbose", "models", "list"]) == 0
+    assert capsys.readouterr().err == "warning (tifffile): a remark of tifffile\nwarning: a warning of ours\n"
 
 
 def test_stack_is_segmented_plane_by_plane_with_linked_ids(tmp_path, weights, monkeypatch):

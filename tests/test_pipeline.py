@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mobilesamv2 import InputError, MobileSAMv2, UntrustedWeightsError, objects_from_prompts
+from napari_mobilesamv2 import (
+    InputError, MobileSAMv2, UntrustedWeightsError, UntrustedWeightsWarning, objects_from_prompts,
+)
 from napari_mobilesamv2.decode.prompted import decode_boxes
 from napari_mobilesamv2.devices import resolve_device
 from napari_mobilesamv2.export import coco_results, decode_rle
@@ -150,7 +152,8 @@ def test_model_files_and_trust(tmp_path, sam_decoder, monkeypatch):
                  detector_weights=DETECTOR_FIXTURE, device="cpu", download=False)
     with pytest.raises(UntrustedWeightsError, match="can run arbitrary code"):
         MobileSAMv2.from_pretrained("tiny_vit", **files)
-    model = MobileSAMv2.from_pretrained("tiny_vit", trust_weights=True, **files)
+    with pytest.warns(UntrustedWeightsWarning, match="because you trust it"):
+        model = MobileSAMv2.from_pretrained("tiny_vit", trust_weights=True, **files)
     assert model.detector is not None and model.encoder_name == "tiny_vit"
     with pytest.raises(InputError, match="do not exist"):
         MobileSAMv2.from_pretrained("tiny_vit", **{**files, "decoder_weights": tmp_path / "nope.pt"})

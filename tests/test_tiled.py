@@ -196,3 +196,13 @@ def test_killed_run_resumes_to_identical_outputs(tmp_path, weights, mosaic):
                                   np.asarray(zarr.open_array(str(reference / "l.zarr"), mode="r")))
     assert json.loads((out / "p.json").read_text()) == json.loads((reference / "p.json").read_text())
     assert not record.exists()
+
+
+def test_the_python_api_tiles_large_planes_and_not_small_ones(tiny_pipeline, tiled_run, mosaic):
+    tiled = tiny_pipeline.segment_everything(mosaic, TILED)
+    np.testing.assert_array_equal(tiled.labels, tiled_run[0].segmentation().labels)
+    assert "tile" in tiled.table()
+    small = mosaic[:200, :250]
+    options = TILED.replace(tile=256)
+    np.testing.assert_array_equal(tiny_pipeline.segment_everything(small, options).labels,
+                                  tiny_pipeline.segment_everything(small, options.replace(tile=None)).labels)

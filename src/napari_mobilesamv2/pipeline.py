@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,9 +23,9 @@ from .decode.batching import default_chunk
 from .decode.prompted import DecodedMasks, ObjectPrompt, decode_boxes, decode_object_prompts, join_decoded
 from .devices import CpuFallback, resolve_device
 from .embedding import ImageEmbedding, embed_image
-from .engine import run
+from .engine import embed_cached, run
 from .errors import InputError
-from .imaging import to_rgb_uint8
+from .imaging import channels_last, to_rgb_uint8
 from .models import build as model_build
 from .models import weights
 from .models.download import sha256_of
@@ -32,6 +33,9 @@ from .models.registry import DEFAULT_ENCODER
 from .options import MAX_DETECTIONS, EverythingOptions
 from .prompts.user import check_boxes, check_object, objects_from_prompts, prompt_box
 from .results import Segmentation, build_segmentation, empty_segmentation, filter_objects, quality_mask
+
+if TYPE_CHECKING:
+    from .embedding_cache import EmbeddingCache
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +225,7 @@ class MobileSAMv2:
         *,
         embedding: ImageEmbedding | None = None,
         boxes_xyxy: np.ndarray | None = None,
+        embeddings: EmbeddingCache | None = None,
         **settings,
     ) -> Segmentation:
         """Find every object in one image plane.
@@ -240,13 +245,27 @@ class MobileSAMv2:
             The plane's embedding, when already computed.
         boxes_xyxy : numpy.ndarray, optional
             (N, 4) box prompts to decode instead of the detector's (e.g. edited boxes).
+        embeddings : EmbeddingCache, optional
+            On-disk cache of embeddings (:class:`~napari_mobilesamv2.embedding_cache.EmbeddingCache`):
+            reused when it holds this image's, else computed and kept.
         **settings
             Settings of :class:`EverythingOptions` (they override `options`), and the
             image conversion keywords of :func:`to_rgb_uint8` (``normalization``,
-            ``channel_axis``, ``channels``, ...).
+            ``channel_axis``, ``channels``, ...). With ``tile`` set and a plane larger than
+            a tile, the plane is segmented tile by tile (:mod:`napari_mobilesamv2.tiled`).
         """
         options, conversion = _split_settings(options, settings)
         options.check_strategy()
+        plane = channels_last(np.asarray(image), conversion.get("channel_axis"))
+        if options.tile is not None and boxes_xyxy is None and max(plane.shape[:2]) > options.tile:
+            from .tiled import segment_tiled_steps
+
+            window_conversion = {k: v for k, v in conversion.items() if k != "channel_axis"}
+            tiled = segment_tiled_steps(self, plane.shape[:2], lambda rows, cols: plane[rows, cols], options,
+                                        window_conversion, embeddings=embeddings)
+            return run(tiled).segmentation()
+        if embedding is None and embeddings is not None:
+            embedding = embed_cached(self, embeddings, self.prepare_image(image, **conversion))
         return run(self.segment_everything_steps(image, options, embedding=embedding, boxes_xyxy=boxes_xyxy,
                                                  **conversion))
 

@@ -173,6 +173,10 @@ def _add_anything_command(commands) -> None:
     _add_output_options(anything)
     _add_model_options(anything, detector=False)
     _add_image_options(anything)
+    anything.add_argument_group("embeddings").add_argument(
+        "--embeddings", type=Path, metavar="DIR",
+        help="keep the image embedding in this folder: later prompts on the same image only run the decoder",
+    )
     anything.set_defaults(run=run_segment_anything)
 
 
@@ -503,11 +507,17 @@ def run_segment_anything(args: argparse.Namespace) -> int:
     if not points and not boxes:
         raise InputError("give at least one of --points X,Y or --boxes X0,Y0,X1,Y1")
     (labels_path, proposals_path), = output_paths(args, [args.image])
+    embeddings = _embedding_cache(args.embeddings)
     model = _load_model(args, with_detector=False)
+    image, conversion = read_image(args.image), options_from_args(ImageOptions, args).conversion()
+    embedding = None
+    if embeddings is not None:
+        from .engine import embed_cached
+
+        embedding = embed_cached(model, embeddings, model.prepare_image(image, **conversion))
     result = model.segment_anything(
-        read_image(args.image), points=points + negative or None,
-        point_labels=[1] * len(points) + [0] * len(negative), boxes=boxes or None,
-        **options_from_args(ImageOptions, args).conversion(),
+        image, points=points + negative or None, point_labels=[1] * len(points) + [0] * len(negative),
+        boxes=boxes or None, embedding=embedding, **conversion,
     )
     _write_outputs(result, labels_path, proposals_path, 0)
     print(f"{args.image}: {len(result)} objects")

@@ -374,12 +374,14 @@ class PlaneRun:
         from .large_io import open_image
 
         lazy = _open_plane(self.path)
-        if lazy is not None and options.tile is None and lazy.height * lazy.width > MAX_PIXELS:
+        if lazy is not None and options.tile is None and lazy.height * lazy.width > MAX_PIXELS \
+                and options.strategy == "object-aware":
             warnings.warn(f"{self.path} has {lazy.height}x{lazy.width} pixels, more than one untiled run holds: "
                           f"segmenting it in tiles of {LARGE_IMAGE_TILE} px (set --tile to choose)", UserWarning,
                           stacklevel=1)
             options = options.replace(tile=LARGE_IMAGE_TILE)
-        if lazy is not None and options.tile is not None and max(lazy.height, lazy.width) > options.tile:
+        tiled = options.tile is not None and options.strategy == "object-aware"
+        if lazy is not None and tiled and max(lazy.height, lazy.width) > options.tile:
             return self._tiled(open_image(self.path), options, image_options.conversion())
         return self._whole(options, image_options.conversion())
 

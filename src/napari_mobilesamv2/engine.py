@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .errors import InputError
+from .imaging import channels_last
 from .options import EverythingOptions, ImageOptions
 from .results import Segmentation
 from .stack import LinkedStack, link_planes
@@ -98,6 +99,7 @@ def segment_planes(
     *,
     embedding_of: Callable[[PlaneKey, np.ndarray], Any] | None = None,
     boxes_xyxy: np.ndarray | None = None,
+    embeddings=None,
 ) -> Steps[list[Segmentation]]:
     """Segment everything in each plane, one after the other.
 
@@ -118,6 +120,9 @@ def segment_planes(
         ``embedding_of(key, pixels)`` returns the plane's image embedding (e.g. from a cache).
     boxes_xyxy : numpy.ndarray, optional
         Box prompts to decode instead of the detector's (one plane only).
+    embeddings : EmbeddingCache, optional
+        On-disk embedding cache for the tiles of planes larger than ``options.tile``
+        (those are segmented tile by tile, see :mod:`napari_mobilesamv2.tiled`).
 
     Yields
     ------
@@ -136,14 +141,35 @@ def segment_planes(
     total = len(keys)
     for done, key in enumerate(keys):
         pixels = read_plane(key)
-        embedding = embedding_of(key, pixels) if embedding_of is not None else None
-        plane_steps = model.segment_everything_steps(
-            pixels, options, embedding=embedding, boxes_xyxy=boxes_xyxy, **(conversion or {})
-        )
-        result = yield from _within_plane(plane_steps, done, total, key)
+        if _needs_tiles(pixels, options, conversion or {}) and boxes_xyxy is None:
+            result = yield from _tiled_plane(model, pixels, key, options, conversion or {}, embeddings)
+        else:
+            embedding = embedding_of(key, pixels) if embedding_of is not None else None
+            plane_steps = model.segment_everything_steps(
+                pixels, options, embedding=embedding, boxes_xyxy=boxes_xyxy, **(conversion or {})
+            )
+            result = yield from _within_plane(plane_steps, done, total, key)
         found.append(result)
         yield Progress("plane", done + 1, total, f"{_where(key)}: {len(result)} objects")
     return found
+
+
+def _needs_tiles(pixels: np.ndarray, options: EverythingOptions, conversion: dict) -> bool:
+    if options.tile is None or options.strategy != "object-aware":
+        return False
+    plane = channels_last(pixels, conversion.get("channel_axis"))
+    return max(plane.shape[:2]) > options.tile
+
+
+def _tiled_plane(model, pixels, key: PlaneKey, options, conversion: dict, embeddings) -> Steps[Segmentation]:
+    """A plane larger than a tile, segmented tile by tile (labels assembled in memory)."""
+    from .tiled import segment_tiled_steps
+
+    plane = channels_last(pixels, conversion.get("channel_axis"))
+    conversion = {k: v for k, v in conversion.items() if k != "channel_axis"}  # `plane` has its channels last
+    tiled = yield from segment_tiled_steps(model, plane.shape[:2], lambda rows, cols: plane[rows, cols], options,
+                                           conversion, plane=key, embeddings=embeddings)
+    return tiled.segmentation()
 
 
 def _within_plane(steps: Steps[Result], done: int, total: int, key: PlaneKey) -> Steps[Result]:

@@ -275,11 +275,11 @@ class EverythingOptions(_Checked):
     tile: int | None = option(
         None, "segment the image in square tiles of this many pixels at native resolution, for images larger "
         "than one view (max_prompts then applies per tile)", "tiling", minimum=256, maximum=65536,
-        unset="no tiling",
+        unset="no tiling", strategies=("object-aware",),
     )
     overlap: int = option(
         128, "pixels shared by neighbouring tiles; at least the size of the largest objects", "tiling",
-        minimum=0, maximum=32767,
+        minimum=0, maximum=32767, strategies=("object-aware",),
     )
 
     def __post_init__(self) -> None:

@@ -23,9 +23,9 @@ from .decode.batching import default_chunk
 from .decode.prompted import DecodedMasks, ObjectPrompt, decode_boxes, decode_object_prompts, join_decoded
 from .devices import CpuFallback, resolve_device
 from .embedding import ImageEmbedding, embed_image
-from .engine import embed_cached, run
+from .engine import embed_cached, run, segment_planes
 from .errors import InputError
-from .imaging import channels_last, to_rgb_uint8
+from .imaging import to_rgb_uint8
 from .models import build as model_build
 from .models import weights
 from .models.download import sha256_of
@@ -255,19 +255,17 @@ class MobileSAMv2:
             a tile, the plane is segmented tile by tile (:mod:`napari_mobilesamv2.tiled`).
         """
         options, conversion = _split_settings(options, settings)
-        options.check_strategy()
-        plane = channels_last(np.asarray(image), conversion.get("channel_axis"))
-        if options.tile is not None and boxes_xyxy is None and max(plane.shape[:2]) > options.tile:
-            from .tiled import segment_tiled_steps
+        embedding_of = None
+        if embedding is not None:
+            def embedding_of(key, pixels):
+                return embedding
+        elif embeddings is not None:
+            def embedding_of(key, pixels):
+                return embed_cached(self, embeddings, self.prepare_image(pixels, **conversion), key)
 
-            window_conversion = {k: v for k, v in conversion.items() if k != "channel_axis"}
-            tiled = segment_tiled_steps(self, plane.shape[:2], lambda rows, cols: plane[rows, cols], options,
-                                        window_conversion, embeddings=embeddings)
-            return run(tiled).segmentation()
-        if embedding is None and embeddings is not None:
-            embedding = embed_cached(self, embeddings, self.prepare_image(image, **conversion))
-        return run(self.segment_everything_steps(image, options, embedding=embedding, boxes_xyxy=boxes_xyxy,
-                                                 **conversion))
+        found, = run(segment_planes(self, [()], lambda _: image, options, conversion, embedding_of=embedding_of,
+                                    boxes_xyxy=boxes_xyxy, embeddings=embeddings))
+        return found
 
     def segment_everything_steps(
         self,

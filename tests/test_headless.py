@@ -43,7 +43,7 @@ def test_segmenting_with_the_detector_imports_no_gui():
 
     detector = load_object_aware_model({str(FIXTURE)!r})
     encoder = torch.nn.Conv2d(3, 256, kernel_size=16, stride=16)
-    model = MobileSAMv2.from_modules(encoder, build_prompt_encoder(), build_mask_decoder(), detector, device="cpu")
+    model = MobileSAMv2(encoder, build_prompt_encoder(), build_mask_decoder(), detector, device="cpu")
     image = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
     assert model.segment_everything(image, conf=0.01, max_prompts=2).labels.shape == (64, 64)
     """

@@ -79,8 +79,8 @@ REFUSED = {
     "1d": (lambda: np.arange(100, dtype=np.uint8), {}, r"one 2D plane \(Y, X\) or \(Y, X, C\); got .* \(100,\)"),
     "4d": (lambda: np.zeros((2, 3, H, W), np.uint8), {}, r"one 2D plane .*\(2, 3, 48, 64\)\. Segment one plane"),
     "5d": (lambda: np.zeros((1, 1, 2, H, W), np.uint8), {}, r"one 2D plane .*\(1, 1, 2, 48, 64\)"),
-    "20k-grey": (lambda: _strided((20000, 20000)), {}, r"20000x20000 pixels \(400 MP\).*in tiles or downsample"),
-    "20k-rgb": (lambda: _strided((20000, 20000, 3)), {}, r"20000x20000 pixels.*in tiles or downsample"),
+    "20k-grey": (lambda: _strided((20000, 20000)), {}, r"20000x20000 pixels \(400 MP\).*segment it in tiles \(--tile 1024"),
+    "20k-rgb": (lambda: _strided((20000, 20000, 3)), {}, r"20000x20000 pixels.*segment it in tiles \(--tile 1024"),
     "complex": (lambda: BASE.astype(np.complex64), {}, r"dtype complex64 are not supported; use integers or floats"),
     "text": (lambda: np.full((H, W), "a"), {}, r"dtype <U1 are not supported"),
     "7-channels-first": (lambda: np.stack([BASE] * 7), {},
@@ -174,7 +174,7 @@ def test_huge_image_is_refused_without_allocating(tiny_pipeline):
     tracemalloc.start()
     try:
         for image in (_strided((20000, 20000)), _strided((20000, 20000, 3)), _strided((20000, 20000)).view(bool)):
-            with pytest.raises(InputError, match="in tiles or downsample"):
+            with pytest.raises(InputError, match=r"segment it in tiles \(--tile 1024"):
                 tiny_pipeline.segment_everything(image)
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -243,7 +243,7 @@ class EverythingOptions(_Checked):
     )
     max_prompts: int = option(
         320, "decode at most this many detector boxes per plane, best scores first", "detector",
-        minimum=1, maximum=100_000, strategies=("object-aware",),
+        minimum=1, strategies=("object-aware",),
     )
     points_per_side: int = option(
         32, "grid strategy: points per side of the prompt grid (N x N points, 3 masks each)", "grid",
@@ -251,7 +251,7 @@ class EverythingOptions(_Checked):
     )
     batch_size: int | None = option(
         None, "prompts decoded at once: boxes (object-aware), points (grid); halved on GPU out-of-memory",
-        "decoder", minimum=1, maximum=4096, unset="4 boxes on CPU, 320 on GPU, 64 grid points",
+        "decoder", minimum=1, unset="4 boxes on CPU, 320 on GPU, 64 grid points",
     )
     exact: bool = option(
         False, "use the bitwise-exact decoder (segment-anything's arithmetic order, about 1.7x slower)",

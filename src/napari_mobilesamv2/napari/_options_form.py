@@ -23,7 +23,7 @@ def option_widget(info: OptionInfo) -> Widget:
     if info.type is bool:
         return CheckBox(name=info.name, text=label, value=info.default, tooltip=tooltip)
     if info.type is int:
-        low, high = int(spec.minimum), min(int(spec.maximum), QT_INT_MAX)
+        low, high = int(spec.minimum), min(int(spec.maximum or QT_INT_MAX), QT_INT_MAX)
         widget = SpinBox(name=info.name, label=label, min=low - info.optional, max=high, tooltip=tooltip,
                          value=low - 1 if info.default is None else info.default)
         step = 1

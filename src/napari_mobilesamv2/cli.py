@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
 from .errors import InputError, MobileSAMv2Error, OutputError
 from .models.registry import WEIGHT_FILES, default_weight_set
 from .imaging import MAX_PIXELS
@@ -387,9 +389,8 @@ class PlaneRun:
 
     def _whole(self, options, conversion) -> int:
         from . import engine
-        from .io import read_image
 
-        image = read_image(self.path)
+        image = _read_whole(self.path)
         embedding_of = None
         if self.embeddings is not None:
             def embedding_of(key, pixels):
@@ -449,6 +450,17 @@ def write_label_image(path: Path, result) -> None:
                 rows, cols = slice(y0, min(height, y0 + PAINT_WINDOW)), slice(x0, min(width, x0 + PAINT_WINDOW))
                 block = labels[rows, cols] if labels is not None else result.paint(rows, cols)[0]
                 writer.write((rows, cols), block)
+
+
+def _read_whole(path: Path):
+    """All pixels of an image file or zarr store."""
+    from .io import read_image
+    from .large_io import open_image
+
+    if path.suffix.lower() != ".zarr":
+        return read_image(path)
+    with open_image(path) as lazy:
+        return np.asarray(lazy)
 
 
 def _open_plane(path: Path):

@@ -30,7 +30,7 @@ from .models import build as model_build
 from .models import weights
 from .models.download import sha256_of
 from .models.registry import DEFAULT_ENCODER
-from .options import MAX_DETECTIONS, EverythingOptions
+from .options import BORDER_SNAP, MAX_DETECTIONS, EverythingOptions
 from .prompts.user import check_boxes, check_object, objects_from_prompts, prompt_box
 from .results import Segmentation, build_segmentation, empty_segmentation, filter_objects, quality_mask
 
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
     from .embedding_cache import EmbeddingCache
 
 log = logging.getLogger(__name__)
-
-# Box sides this close (network pixels) to the image border are snapped onto it, as the official code does.
-BORDER_SNAP = 20.0
 
 # Decoder batches per progress step on a CPU: 8 batches of 4 boxes take about a second.
 BATCHES_PER_STEP = 8

@@ -36,7 +36,7 @@ from .decode.masks import MaskCrop
 from .decode.prompted import DecodedMasks
 from .engine import PlaneKey, Progress, Steps, embed_cached
 from .imaging import intensity_ranges
-from .options import EverythingOptions
+from .options import BORDER_SNAP, EverythingOptions
 from .results import Segmentation, quality_mask
 from .tiling import Tile, merge_tile_boxes, owner_tile, paint_window, shift_crop, snap_to_image_border, tile_grid
 
@@ -206,8 +206,6 @@ def _detect_tile(model, tile: Tile, shape, rgb_of, options: EverythingOptions):
 
 def model_border_threshold(tile: Tile, imgsz: int) -> float:
     """The official border snap (network pixels) in tile pixels."""
-    from .pipeline import BORDER_SNAP
-
     return BORDER_SNAP * max(tile.shape) / imgsz
 
 

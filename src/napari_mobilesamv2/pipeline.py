@@ -89,6 +89,9 @@ class MobileSAMv2:
         self.prompt_encoder = prompt_encoder.to(self.device).eval()
         self.mask_decoder = mask_decoder.to(self.device).eval()
         self.detector = detector.to(self.device).eval() if detector is not None else None
+        #: Inference settings (``imgsz``, ``conf``, ``iou``) stored in a fine-tuned detector file; empty
+        #: otherwise. Informational: they are not applied to any call.
+        self.detector_settings: dict = {}
 
     @classmethod
     def from_pretrained(
@@ -115,7 +118,9 @@ class MobileSAMv2:
         device : str or torch.device
             ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         trust_weights : bool
-            Allow unpickling a detector file whose sha256 is not the known one.
+            Allow unpickling a detector file whose sha256 is not the known one. Pickle-free
+            detector files (written by :func:`napari_mobilesamv2.training.train_detector`) need
+            no trust; their stored inference settings are in :attr:`detector_settings`.
         download : bool
             Allow downloads of missing registry files.
         load_detector : bool
@@ -151,6 +156,8 @@ class MobileSAMv2:
         prompt_encoder, mask_decoder = model_build.load_prompt_decoder(files["decoder"])
         model = cls(image_encoder, prompt_encoder, mask_decoder, detector, device=device, encoder_name=encoder)
         model._encoder_id = sha256_of(files["encoder"])
+        if load_detector:
+            model.detector_settings = weights.detector_settings(files["detector"])
         return model
 
     @property

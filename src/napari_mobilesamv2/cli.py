@@ -691,14 +691,22 @@ def _verify(names: Sequence[str]) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .evaluation import DEFAULT_IOU_THRESHOLDS, evaluate_label_files, evaluate_proposal_files
+    from .evaluation import DEFAULT_IOU_THRESHOLDS, evaluate_label_files, evaluate_proposal_files, pair_files
+    from .evaluation.files import LABEL_SUFFIXES, PROPOSAL_SUFFIXES
+    from .io import check_output_path
 
     _refuse_unflagged_proposals(args)
-    with tqdm(desc="evaluate", unit="image", leave=False) as bar:
-        def advance(index: int, total: int) -> None:
-            bar.total = total
-            bar.update(1)
+    pairs = pair_files(args.gt, args.pred, PROPOSAL_SUFFIXES if args.proposals else LABEL_SUFFIXES)
+    if args.json is not None:  # refused before the work, not after
+        check_output_path(args.json, tuple(p for pair in pairs for p in pair))
+    bars = []  # opened at the first image: pairing errors come first, as one line
 
+    def advance(index: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc="evaluate", total=total, unit="image", leave=False))
+        bars[0].update(1)
+
+    try:
         if args.proposals:
             evaluation = evaluate_proposal_files(args.gt, args.pred, ks=args.ks, box_iou_threshold=args.box_iou,
                                                  by_area=args.by_area, on_image=advance)
@@ -710,6 +718,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             rows = [_matching_row(gt.name, result, iou) for (gt, _), result in zip(evaluation.pairs,
                                                                                      evaluation.per_image)]
             total = _matching_row(f"total ({len(rows)} images)", evaluation.total, iou)
+    finally:
+        for bar in bars:
+            bar.close()
     if args.json is not None:
         _write_evaluation_json(args.json, evaluation, rows, total, args)
     header = list(rows[0])

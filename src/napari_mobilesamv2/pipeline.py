@@ -148,16 +148,15 @@ class MobileSAMv2:
         device = resolve_device(device)
         files = weights.resolve_files(slots, download_missing=download)
         # The detector first: an untrusted pickle is refused before anything is loaded.
-        detector = None
+        detector, settings = None, {}
         if load_detector:
-            detector = weights.load_checked_detector(files["detector"], trust_weights=trust_weights,
+            detector, settings = _load_detector_file(files["detector"], trust_weights=trust_weights,
                                                      cached=detector_weights is None)
         image_encoder = model_build.load_image_encoder(encoder, files["encoder"])
         prompt_encoder, mask_decoder = model_build.load_prompt_decoder(files["decoder"])
         model = cls(image_encoder, prompt_encoder, mask_decoder, detector, device=device, encoder_name=encoder)
         model._encoder_id = sha256_of(files["encoder"])
-        if load_detector:
-            model.detector_settings = weights.detector_settings(files["detector"])
+        model.detector_settings = settings
         return model
 
     @property
@@ -401,3 +400,21 @@ def _split_settings(options: EverythingOptions | None, settings: dict) -> tuple[
     conversion = {k: v for k, v in settings.items() if k not in names}
     options = options if options is not None else EverythingOptions()
     return (options.replace(**changes) if changes else options), conversion
+
+
+def _load_detector_file(path: str | os.PathLike, *, trust_weights: bool, cached: bool) -> tuple[torch.nn.Module, dict]:
+    """The detector of `path` and the inference settings it stores.
+
+    A pickle-free detector file (written by ``train_detector``) is read with
+    ``weights_only=True`` and cannot run code: it needs no trust. Pickles (the registry's
+    ``ObjectAwareModel.pt`` format) go through the sha256 / trust policy of
+    :func:`~napari_mobilesamv2.models.weights.load_checked_detector`.
+    """
+    from .training import is_detector_state, load_detector_state, read_detector_state
+
+    if cached or not is_detector_state(path):
+        return weights.load_checked_detector(path, trust_weights=trust_weights, cached=cached), {}
+    stored = read_detector_state(path).get("inference") or {}
+    settings = {key: stored[key] for key in ("imgsz", "conf", "iou")
+                if type(stored.get(key)) in (int, float)}
+    return load_detector_state(path), settings

@@ -4,9 +4,7 @@ State dicts (encoders, decoder) are read with ``weights_only=True`` and cannot r
 The detector file is a full pickle: it is read once into memory, those bytes are hashed,
 and the same bytes are unpickled only if their sha256 is the known ``ObjectAwareModel.pt``'s
 or the user said they trust the file. Nothing is read from disk between the check and
-the unpickling. Pickle-free detector files (written by
-:func:`napari_mobilesamv2.training.train_detector`) are read with ``weights_only=True`` and
-need no trust.
+the unpickling.
 """
 
 from __future__ import annotations
@@ -117,12 +115,7 @@ def load_detector(path: str | os.PathLike, *, trusted: bool) -> torch.nn.Module:
 def load_checked_detector(
     path: str | os.PathLike, *, trust_weights: bool = False, cached: bool = False
 ) -> torch.nn.Module:
-    """Load a detector file: pickle-free ones directly, pickles only if known or trusted.
-
-    A pickle-free detector file (:func:`napari_mobilesamv2.training.is_detector_state`) is
-    read with ``weights_only=True`` and its layers are checked, so it cannot run code: it
-    is loaded without a trust check or warning. A pickle is read once, those bytes are
-    hashed and unpickled only if their sha256 is known or `trust_weights` is True.
+    """Read the detector once, hash those bytes and unpickle them if known or trusted.
 
     Parameters
     ----------
@@ -145,10 +138,6 @@ def load_checked_detector(
         Missing, unreadable or not a detector checkpoint.
     """
     _check_detector_path(path)
-    if not cached and is_pickle_free_detector(path):
-        from ..training.state import load_detector_state  # the training package imports this one
-
-        return load_detector_state(path)
     data = _read_detector(path)
     actual = hashlib.sha256(data).hexdigest()
     if cached:
@@ -161,30 +150,6 @@ def load_checked_detector(
             "a pickle can run arbitrary code, so use only files from a source you trust"
         ), stacklevel=3)
     return _unpickle_detector(data, path)
-
-
-def is_pickle_free_detector(path: str | os.PathLike) -> bool:
-    """True if `path` is a pickle-free detector file (checked with ``weights_only=True``, no code runs)."""
-    from ..training.state import is_detector_state
-
-    return is_detector_state(path)
-
-
-def detector_settings(path: str | os.PathLike) -> dict:
-    """Inference settings (``imgsz``, ``conf``, ``iou``) stored in a pickle-free detector file.
-
-    Returns
-    -------
-    dict
-        The stored settings that are numbers; empty for pickles and files without settings.
-    """
-    if not is_pickle_free_detector(path):
-        return {}
-    from ..training.state import read_detector_state
-
-    stored = read_detector_state(path).get("inference") or {}
-    return {key: stored[key] for key in ("imgsz", "conf", "iou")
-            if isinstance(stored.get(key), (int, float)) and not isinstance(stored.get(key), bool)}
 
 
 def _check_detector_path(path: str | os.PathLike) -> None:

@@ -99,7 +99,7 @@ def test_every_flag_of_the_readme_synopsis_exists():
     parser = build_parser()
     parsers = {"": parser, **_subparsers(parser)}
     found = synopsis_flags()
-    assert set(found) == {"", "segment-everything", "segment-anything", "models"}
+    assert set(found) == {"", "segment-everything", "segment-anything", "models", "evaluate", "train-detector"}
     for command, flags in found.items():
         unknown = flags - _flags_of(parsers[command])
         assert not unknown, f"the README names {sorted(unknown)} for {command or 'the program'}, which has no such flag"

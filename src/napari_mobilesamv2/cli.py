@@ -1,4 +1,4 @@
-"""Command line: napari-mobilesamv2 segment-everything | segment-anything | models.
+"""Command line: napari-mobilesamv2 segment-everything | segment-anything | models | evaluate | train-detector.
 
 User errors print one line ("error: ...") and exit with status 2; no traceback.
 Every option of segment everything, its default and its help come from
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_everything_command(commands)
     _add_anything_command(commands)
     _add_models_command(commands)
+    _add_evaluate_command(commands)
+    _add_train_command(commands)
     return parser
 
 
@@ -203,6 +205,91 @@ def _add_models_command(commands) -> None:
 
 
 _METAVARS = {int: "N", float: "X"}
+
+
+def _add_evaluate_command(commands) -> None:
+    from .evaluation import DEFAULT_IOU_THRESHOLDS, DEFAULT_KS
+
+    evaluate = commands.add_parser(
+        "evaluate", help="compare label images or proposals with ground-truth label images",
+        formatter_class=_Formatter,
+        description="Match predicted label images with ground-truth label images (precision, recall, F1, mean "
+                    "matched IoU and panoptic quality at one IoU threshold; AP = tp / (tp + fp + fn) averaged over "
+                    "IoU 0.5:0.95), or with --proposals the proposal JSON files of segment-everything (mask AR@K "
+                    "and box recall). Folders pair files by name (a.tif with a.tif, a_labels.tif or "
+                    "a_proposals.json); lists of files pair in their order.",
+        epilog="example:\n  napari-mobilesamv2 evaluate --gt ground_truth/ --pred predicted/ --json scores.json",
+    )
+    evaluate.add_argument("--gt", nargs="+", type=Path, required=True, metavar="LABELS",
+                          help="ground-truth label images (0 = background) or folders of them")
+    evaluate.add_argument("--pred", nargs="+", type=Path, required=True, metavar="PRED",
+                          help="predicted label images, or proposal JSON files with --proposals, or folders of them")
+    evaluate.add_argument("--json", type=Path, metavar="OUT", help="also write every number as JSON to this file")
+    labels = evaluate.add_argument_group("label images")
+    labels.add_argument("--iou", type=float, default=0.5, metavar="X",
+                        help="IoU threshold of precision, recall, F1, mean matched IoU and PQ: one of "
+                             f"{', '.join(f'{t:g}' for t in DEFAULT_IOU_THRESHOLDS)} (default: 0.5)")
+    proposals = evaluate.add_argument_group("proposals")
+    proposals.add_argument("--proposals", action="store_true",
+                           help="the predictions are COCO results JSON files (segment-everything --proposals)")
+    proposals.add_argument("--ks", nargs="+", type=int, default=list(DEFAULT_KS), metavar="K",
+                           help=f"proposals per image of mask AR@K (default: {' '.join(map(str, DEFAULT_KS))})")
+    proposals.add_argument("--box-iou", type=float, default=0.5, metavar="X",
+                           help="least box IoU of box recall (default: 0.5)")
+    proposals.add_argument("--by-area", action="store_true",
+                           help="also AR@K of small, medium and large objects (about four times slower)")
+    evaluate.set_defaults(run=run_evaluate)
+
+
+def _add_train_command(commands) -> None:
+    from .training import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_IMGSZ
+
+    train = commands.add_parser(
+        "train-detector", help="fine-tune the object-aware detector on your label images",
+        formatter_class=_Formatter,
+        description="Fine-tune the object-aware detector on images and their label images (same file names; "
+                    "each object id becomes one box). A seeded share of the pairs is held out to pick the best "
+                    "epoch and the detector thresholds. Writes a pickle-free detector file (use it with "
+                    "segment-everything --detector-weights) and its model card (.json next to it). Ctrl+C stops "
+                    "after the current batch and keeps the best epoch so far.",
+        epilog="example:\n  napari-mobilesamv2 train-detector --images train/images --labels train/labels "
+               "--out nuclei_detector.pt --epochs 30",
+    )
+    data = train.add_argument_group("data")
+    data.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder of images")
+    data.add_argument("--labels", type=Path, required=True, metavar="DIR",
+                      help="folder of label images with the images' file names (0 = background)")
+    data.add_argument("--out", type=Path, required=True, metavar="FILE",
+                      help="detector file to write (e.g. nuclei_detector.pt); its model card gets the suffix .json")
+    for info in options_of(ImageOptions):
+        if info.name != "channels":
+            _add_option(data, info)
+    data.add_argument("--val-fraction", type=float, default=0.2, metavar="X",
+                      help="share of the image pairs held out (at least one) (default: 0.2)")
+    data.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the split and the training "
+                      "(default: 0)")
+    training = train.add_argument_group("training")
+    training.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, metavar="N",
+                          help=f"training epochs (default: {DEFAULT_EPOCHS})")
+    training.add_argument("--imgsz", type=int, default=DEFAULT_IMGSZ, metavar="N",
+                          help="network input size in pixels, a multiple of 32; detect with the same size "
+                               f"(default: {DEFAULT_IMGSZ})")
+    training.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
+                          help=f"images per batch, at least 2 (default: {DEFAULT_BATCH})")
+    training.add_argument("--device", default="auto", metavar="DEVICE",
+                          help="auto, cpu, cuda, cuda:N or mps (default: auto: CUDA, then MPS, then CPU)")
+    training.add_argument("--workdir", type=Path, metavar="DIR",
+                          help="folder for temporary training files, removed afterwards (default: the system's "
+                               "temporary folder)")
+    start = train.add_argument_group("starting detector")
+    start.add_argument("--detector-weights", type=Path, metavar="FILE",
+                       help="detector to start from: an ObjectAwareModel.pt-format file or one written by "
+                            "train-detector (default: MobileSAMv2's ObjectAwareModel.pt)")
+    for info in options_of(ModelOptions):
+        if info.name == "trust_weights":
+            _add_option(start, info)
+    start.add_argument("--no-download", action="store_true", help="never download the default starting detector")
+    train.set_defaults(run=run_train_detector)
 
 
 def _add_option(parser, info: OptionInfo) -> None:
@@ -344,6 +431,7 @@ def run_segment_everything(args: argparse.Namespace) -> int:
     outputs = output_paths(args, images)
     embeddings = _embedding_cache(args.embeddings)
     model = _load_model(args, with_detector=options.strategy == "object-aware")
+    _hint_detector_settings(model, options, args.detector_weights)
     for image_id, (path, (labels_path, proposals_path)) in enumerate(tqdm(list(zip(images, outputs)),
                                                                           desc="segment everything", unit="image")):
         if args.stack:
@@ -354,6 +442,19 @@ def run_segment_everything(args: argparse.Namespace) -> int:
             count = run.segment(options, image_options)
         tqdm.write(f"{path}: {count} objects")
     return 0
+
+
+def _hint_detector_settings(model, options: EverythingOptions, path: Path | None) -> None:
+    """One line when a fine-tuned detector file stores settings other than the ones in use (never applied)."""
+    stored = getattr(model, "detector_settings", None) or {}
+    if options.strategy != "object-aware" or not stored:
+        return
+    differ = {name: value for name, value in stored.items() if getattr(options, name) != value}
+    if differ:
+        tuned = " ".join(f"--{name} {value:g}" for name, value in stored.items())
+        used = " ".join(f"--{name} {getattr(options, name):g}" for name in stored)
+        print(f"hint: {path} was tuned for {tuned}; this run uses {used} (pass the flags to use its settings)",
+              file=sys.stderr)
 
 
 def _embedding_cache(folder: Path | None):
@@ -609,6 +710,193 @@ def _verify(names: Sequence[str]) -> int:
             problems += 1
     print(f"cache folder: {download.cache_dir()}")
     return EXIT_USER_ERROR if problems else 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .evaluation import DEFAULT_IOU_THRESHOLDS, evaluate_label_files, evaluate_proposal_files, pair_files
+    from .evaluation.files import LABEL_SUFFIXES, PROPOSAL_SUFFIXES
+    from .io import check_output_path
+
+    _refuse_unflagged_proposals(args)
+    pairs = pair_files(args.gt, args.pred, PROPOSAL_SUFFIXES if args.proposals else LABEL_SUFFIXES)
+    if args.json is not None:  # refused before the work, not after
+        check_output_path(args.json, tuple(p for pair in pairs for p in pair))
+    bars = []  # opened at the first image: pairing errors come first, as one line
+
+    def advance(index: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc="evaluate", total=total, unit="image", leave=False))
+        bars[0].update(1)
+
+    try:
+        if args.proposals:
+            evaluation = evaluate_proposal_files(args.gt, args.pred, ks=args.ks, box_iou_threshold=args.box_iou,
+                                                 by_area=args.by_area, on_image=advance)
+            rows = [_proposal_row(gt.name, result) for (gt, _), result in zip(evaluation.pairs, evaluation.per_image)]
+            total = _proposal_row(f"total ({len(rows)} images)", evaluation.total)
+        else:
+            iou = _check_report_iou(args.iou, DEFAULT_IOU_THRESHOLDS)
+            evaluation = evaluate_label_files(args.gt, args.pred, DEFAULT_IOU_THRESHOLDS, on_image=advance)
+            rows = [_matching_row(gt.name, result, iou) for (gt, _), result in zip(evaluation.pairs,
+                                                                                     evaluation.per_image)]
+            total = _matching_row(f"total ({len(rows)} images)", evaluation.total, iou)
+    finally:
+        for bar in bars:
+            bar.close()
+    if args.json is not None:
+        _write_evaluation_json(args.json, evaluation, rows, total, args)
+    header = list(rows[0])
+    _print_columns(header, [[_cell(row[key]) for key in header] for row in [*rows, total]])
+    if args.proposals:
+        print(f"AR@K: mask recall of the best K proposals averaged over IoU 0.5:0.95; box recall at box IoU "
+              f"{args.box_iou:g} with every proposal")
+    else:
+        print(f"precision, recall, f1, mean_iou (of matched objects) and pq at IoU {args.iou:g}; "
+              "ap50_95 = tp / (tp + fp + fn) averaged over IoU 0.5:0.95")
+    return 0
+
+
+def _refuse_unflagged_proposals(args: argparse.Namespace) -> None:
+    if not args.proposals and any(p.suffix.lower() == ".json" for p in args.pred):
+        raise InputError("the predictions are JSON files: add --proposals to evaluate proposals, or give "
+                         "label images")
+
+
+def _check_report_iou(iou: float, thresholds: Sequence[float]) -> float:
+    for threshold in thresholds:
+        if abs(threshold - iou) < 1e-9:
+            return threshold
+    raise InputError(f"--iou must be one of {', '.join(f'{t:g}' for t in thresholds)}, not {iou:g}")
+
+
+def _matching_row(name: str, result, iou: float) -> dict:
+    """One image's (or the total's) numbers at IoU `iou`, and AP over IoU 0.5:0.95."""
+    stats = result.at(iou)
+    return {
+        "image": name, "n_true": stats.n_true, "n_pred": stats.n_pred, "tp": stats.tp, "fp": stats.fp,
+        "fn": stats.fn, "precision": stats.precision, "recall": stats.recall, "f1": stats.f1,
+        "mean_iou": stats.mean_matched_iou, "pq": stats.panoptic_quality,
+        "ap50_95": result.mean("average_precision"),
+    }
+
+
+def _proposal_row(name: str, result) -> dict:
+    row = {"image": name, "n_objects": result.n_objects, "n_proposals": result.n_proposals}
+    row.update({f"AR@{k}": value for k, value in zip(result.ks, result.average_recall)})
+    for area, values in result.average_recall_by_area.items():
+        row.update({f"AR@{k}_{area}": value for k, value in zip(result.ks, values)})
+    row["box_recall"] = result.box_recall
+    return row
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _print_columns(header: list[str], rows: list[list[str]]) -> None:
+    """A table with the first column left-aligned and the others right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        print("  ".join(cells).rstrip())
+
+
+def _write_evaluation_json(path: Path, evaluation, rows: list[dict], total: dict, args) -> None:
+    import math
+
+    from .export import write_json
+    from .io import check_output_path
+
+    def plain(row: dict) -> dict:
+        return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
+
+    inputs = tuple(p for pair in evaluation.pairs for p in pair)
+    summary = {"images": [plain(row) for row in rows], "total": plain(total)}
+    if not args.proposals:
+        summary["iou_threshold"] = float(args.iou)
+    write_json(check_output_path(path, inputs), {**evaluation.to_dict(), "summary": summary})
+
+
+def run_train_detector(args: argparse.Namespace) -> int:
+    from .training import train_detector
+
+    image = options_from_args(ImageOptions, args)
+    stop = _StopOnInterrupt()
+    with stop:
+        report = train_detector(
+            args.images, args.labels, args.out, start=args.detector_weights, trust_weights=args.trust_weights,
+            epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device=args.device,
+            val_fraction=args.val_fraction, seed=args.seed, normalization=image.normalization,
+            channel_axis=image.channel_axis, on_epoch=_print_epoch, should_stop=stop,
+            allow_download=not args.no_download, workdir=args.workdir, verbose=args.verbose,
+        )
+    _print_training_report(report, stop.requested)
+    return 0
+
+
+class _StopOnInterrupt:
+    """While active, the first Ctrl+C asks training to stop after the current batch; a second one quits."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._interrupted)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _interrupted(self, signum, frame) -> None:
+        import signal
+
+        if self.requested:
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        print("stopping after the current batch and keeping the best epoch so far (Ctrl+C again to quit)",
+              file=sys.stderr, flush=True)
+
+
+def _print_epoch(epoch: int, metrics: dict) -> None:
+    losses = "  ".join(f"{name.removesuffix('_loss')} {metrics[name]:.3f}"
+                       for name in ("box_loss", "cls_loss", "dfl_loss") if name in metrics)
+    print(f"epoch {epoch}/{metrics['epochs']}  loss: {losses}  held-out: precision {metrics['precision']:.3f}  "
+          f"recall {metrics['recall']:.3f}  mAP50 {metrics['map50']:.3f}  ({metrics['seconds']:.0f} s)", flush=True)
+
+
+def _print_training_report(report, interrupted: bool) -> None:
+    if report.stopped_early:
+        reason = "by Ctrl+C" if interrupted else "early"
+        print(f"stopped {reason} after {report.epochs_run} epoch(s)")
+    best = report.history[report.best_epoch - 1] if report.history else {}
+    print(f"best epoch: {report.best_epoch} of {report.epochs_run} (held-out box mAP50 {best.get('map50', 0.0):.3f}, "
+          f"recall {best.get('recall', 0.0):.3f})")
+    thresholds = report.thresholds
+    print(f"chosen thresholds: --conf {thresholds.conf:g} --iou {thresholds.iou:g} (held-out box F1 "
+          f"{report.after.f1:.3f}, precision {report.after.precision:.3f}, recall {report.after.recall:.3f}; "
+          f"before fine-tuning: F1 {report.before.f1:.3f} at --conf 0.4 --iou 0.9)")
+    print(f"time per image: {thresholds.scores.seconds_per_image:.3f} s at --imgsz {report.imgsz} "
+          f"on {report.card['inference']['device']}")
+    print(f"wrote {report.path} and its model card {report.card_path} ({report.seconds:.0f} s)")
+    print(f"use it: napari-mobilesamv2 segment-everything IMAGE --detector-weights {report.path} "
+          f"--imgsz {report.imgsz} --conf {thresholds.conf:g} --iou {thresholds.iou:g} --labels OUT.tif")
 
 
 if __name__ == "__main__":  # pragma: no cover

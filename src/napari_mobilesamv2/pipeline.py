@@ -90,6 +90,9 @@ class MobileSAMv2:
         self.prompt_encoder = prompt_encoder.to(self.device).eval()
         self.mask_decoder = mask_decoder.to(self.device).eval()
         self.detector = detector.to(self.device).eval() if detector is not None else None
+        #: Inference settings (``imgsz``, ``conf``, ``iou``) stored in a fine-tuned detector file; empty
+        #: otherwise. Informational: they are not applied to any call.
+        self.detector_settings: dict = {}
 
     @classmethod
     def from_pretrained(
@@ -116,7 +119,9 @@ class MobileSAMv2:
         device : str or torch.device
             ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         trust_weights : bool
-            Allow unpickling a detector file whose sha256 is not the known one.
+            Allow unpickling a detector file whose sha256 is not the known one. Pickle-free
+            detector files (written by :func:`napari_mobilesamv2.training.train_detector`) need
+            no trust; their stored inference settings are in :attr:`detector_settings`.
         download : bool
             Allow downloads of missing registry files.
         load_detector : bool
@@ -144,14 +149,15 @@ class MobileSAMv2:
         device = resolve_device(device)
         files = weights.resolve_files(slots, download_missing=download)
         # The detector first: an untrusted pickle is refused before anything is loaded.
-        detector = None
+        detector, settings = None, {}
         if load_detector:
-            detector = weights.load_checked_detector(files["detector"], trust_weights=trust_weights,
+            detector, settings = _load_detector_file(files["detector"], trust_weights=trust_weights,
                                                      cached=detector_weights is None)
         image_encoder = model_build.load_image_encoder(encoder, files["encoder"])
         prompt_encoder, mask_decoder = model_build.load_prompt_decoder(files["decoder"])
         model = cls(image_encoder, prompt_encoder, mask_decoder, detector, device=device, encoder_name=encoder)
         model._encoder_id = sha256_of(files["encoder"])
+        model.detector_settings = settings
         return model
 
     @property
@@ -408,3 +414,21 @@ def _split_settings(options: EverythingOptions | None, settings: dict) -> tuple[
     conversion = {k: v for k, v in settings.items() if k not in names}
     options = options if options is not None else EverythingOptions()
     return (options.replace(**changes) if changes else options), conversion
+
+
+def _load_detector_file(path: str | os.PathLike, *, trust_weights: bool, cached: bool) -> tuple[torch.nn.Module, dict]:
+    """The detector of `path` and the inference settings it stores.
+
+    A pickle-free detector file (written by ``train_detector``) is read with
+    ``weights_only=True`` and cannot run code: it needs no trust. Pickles (the registry's
+    ``ObjectAwareModel.pt`` format) go through the sha256 / trust policy of
+    :func:`~napari_mobilesamv2.models.weights.load_checked_detector`.
+    """
+    from .training import is_detector_state, load_detector_state, read_detector_state
+
+    if cached or not is_detector_state(path):
+        return weights.load_checked_detector(path, trust_weights=trust_weights, cached=cached), {}
+    stored = read_detector_state(path).get("inference") or {}
+    settings = {key: stored[key] for key in ("imgsz", "conf", "iou")
+                if type(stored.get(key)) in (int, float)}
+    return load_detector_state(path), settings

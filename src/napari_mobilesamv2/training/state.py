@@ -290,7 +290,11 @@ def trainable_from_pickle(path: str | os.PathLike, *, trusted: bool) -> tuple[nn
             "loading a pickle can run arbitrary code. If you trust this file, pass trust_weights=True "
             "(or --trust-weights on the command line)"
         )
-    network = _pick_network(_unpickle(path, "cpu"), path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"{path} cannot be read ({error.strerror or error})") from None
+    network = _pick_network(_unpickle(data, "cpu", path), path)
     network.model[-1] = _detect_head_from(network.model[-1], path)
     architecture = architecture_from_yaml(getattr(network, "yaml", None) or {})
     model = build_detection_model(architecture)

@@ -50,6 +50,12 @@ from .state import (
 log = logging.getLogger(__name__)
 
 DEFAULT_CONF, DEFAULT_IOU = 0.4, 0.9  # MobileSAMv2's thresholds
+DEFAULT_EPOCHS = 30
+"""Training epochs of :func:`train_detector` (and of the ``train-detector`` command)."""
+DEFAULT_IMGSZ = 1024
+"""Network input size for training: MobileSAMv2 detects at 1024."""
+DEFAULT_BATCH = 8
+"""Images per training batch."""
 EpochCallback = Callable[[int, dict], "bool | None"]
 
 
@@ -129,9 +135,9 @@ def train_detector(
     *,
     start: str | os.PathLike | None = None,
     trust_weights: bool = False,
-    epochs: int = 30,
-    imgsz: int = 1024,
-    batch: int = 8,
+    epochs: int = DEFAULT_EPOCHS,
+    imgsz: int = DEFAULT_IMGSZ,
+    batch: int = DEFAULT_BATCH,
     device: str | torch.device = "auto",
     val_fraction: float = 0.2,
     seed: int = 0,

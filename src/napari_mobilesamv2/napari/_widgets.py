@@ -221,10 +221,13 @@ class JobWidget(Container):
         worker.start()
 
     def _show_progress(self, bar, step: Progress) -> None:
+        # The status first: napari's progress bar processes pending Qt events while it
+        # updates, so the run's later steps and its end may be handled inside the lines
+        # below; their status must not be overwritten by this older one.
+        self._set_status(f"running: {step.detail or step.stage}")
         bar.total = step.total
         bar.n = step.done
         bar.set_description(step.detail[:80] or step.stage)
-        self._set_status(f"running: {step.detail or step.stage}")
 
     def cancel(self) -> None:
         """Stop the running job at its next step; no layer is changed."""
@@ -387,12 +390,9 @@ class SegmentAnythingWidget(JobWidget):
         self.negative.changed.connect(self._apply_point_sign)
         self.points.changed.connect(self._apply_point_sign)
         self.run_button.changed.connect(self.run)
-        bindings = {
-            RUN_ANYTHING_KEY: lambda _viewer: self.run(),
-            TOGGLE_NEGATIVE_KEY: lambda _viewer: self._toggle_negative(),
-        }
+        bindings = {RUN_ANYTHING_KEY: _KeyAction(self.run), TOGGLE_NEGATIVE_KEY: _KeyAction(self._toggle_negative)}
         for key, action in bindings.items():
-            viewer.bind_key(key, action, overwrite=True)
+            action.replaced = viewer.bind_key(key, action, overwrite=True)
         self._on_close.append(partial(_unbind_keys, viewer, bindings))
         self._used = (np.zeros(0, int), np.zeros(0, int))
 
@@ -472,11 +472,36 @@ def _show_warning(showwarning_args: tuple) -> None:
     show_warning(str(showwarning_args[0]))
 
 
-def _unbind_keys(viewer, bindings: dict, *_) -> None:
-    """Remove our key bindings when the widget goes, leaving any others in place."""
+class _KeyAction:
+    """A widget's key binding; remembers the binding it replaced, to give it back on closing."""
+
+    def __init__(self, call: Callable[[], None]):
+        self.call = call
+        self.replaced: Callable | None = None
+        self.closed = False
+
+    def __call__(self, _viewer) -> None:
+        if not self.closed:
+            self.call()
+
+
+def _unbind_keys(viewer, bindings: dict[str, _KeyAction], *_) -> None:
+    """Remove our key bindings when the widget goes and give back the ones they replaced.
+
+    A binding made on top of ours (e.g. by a second dock) stays; one of a closed dock
+    is skipped in favour of the binding that dock replaced.
+    """
     for key, action in bindings.items():
-        previous = viewer.bind_key(key, None)
-        if previous is not None and previous is not action:
+        action.closed = True
+        current = viewer.bind_key(key, None)
+        if current is not action:
+            if current is not None:
+                viewer.bind_key(key, current)
+            continue
+        previous = action.replaced
+        while isinstance(previous, _KeyAction) and previous.closed:
+            previous = previous.replaced
+        if previous is not None:
             viewer.bind_key(key, previous)
 
 

@@ -31,6 +31,7 @@ from .evaluation import (
 from .options import EverythingOptions, ImageOptions, ModelOptions
 from .pipeline import MobileSAMv2
 from .prompts.user import objects_from_prompts
+from .protocols import SegmentationPipeline
 from .results import Segmentation
 
 __version__ = "0.1.0"
@@ -38,7 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "EverythingOptions", "ImageEmbedding", "ImageOptions", "InputError", "IntegrityError",
     "MatchingResult", "MobileSAMv2", "MobileSAMv2Error", "ModelOptions", "ObjectPrompt", "OutputError",
-    "ProposalRecall", "Segmentation", "UntrustedWeightsError", "UntrustedWeightsWarning", "WeightsUnavailableError",
-    "evaluate_label_files", "evaluate_proposal_files", "match_labels", "objects_from_prompts", "proposal_recall",
-    "to_rgb_uint8",
+    "ProposalRecall", "Segmentation", "SegmentationPipeline", "UntrustedWeightsError", "UntrustedWeightsWarning",
+    "WeightsUnavailableError", "evaluate_label_files", "evaluate_proposal_files", "match_labels",
+    "objects_from_prompts", "proposal_recall", "to_rgb_uint8",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from .errors import InputError
 from .options import EverythingOptions, ImageOptions
 from .results import Segmentation
 from .stack import LinkedStack, link_planes
+
+if TYPE_CHECKING:
+    from .protocols import SegmentationPipeline
 
 Result = TypeVar("Result")
 PlaneKey = tuple[int, ...]
@@ -74,7 +77,7 @@ def stack_keys(stack_shape: Sequence[int]) -> list[PlaneKey]:
 
 
 def segment_planes(
-    model,
+    model: SegmentationPipeline,
     keys: Sequence[PlaneKey],
     read_plane: Callable[[PlaneKey], np.ndarray],
     options: EverythingOptions,
@@ -87,7 +90,7 @@ def segment_planes(
 
     Parameters
     ----------
-    model : SegmentEverything
+    model : SegmentationPipeline
         The pipeline (:class:`~napari_mobilesamv2.MobileSAMv2` or a stand-in).
     keys : sequence of tuple of int
         The planes to segment, e.g. ``stack_keys(stack.shape[:-2])``.
@@ -154,7 +157,7 @@ class StackResult:
 
 
 def segment_stack_steps(
-    model,
+    model: SegmentationPipeline,
     stack_shape: Sequence[int],
     read_plane: Callable[[PlaneKey], np.ndarray],
     options: EverythingOptions,
@@ -176,7 +179,7 @@ def segment_stack_steps(
 
 
 def segment_stack(
-    model,
+    model: SegmentationPipeline,
     stack: Any,
     options: EverythingOptions = EverythingOptions(),
     image_options: ImageOptions = ImageOptions(),

@@ -316,14 +316,11 @@ class SegmentEverythingWidget(JobWidget):
         self.link_iou.visible = self.scope.value == "stack"
 
     def settings(self) -> dict:
-        """Every setting that applies, as keywords of :func:`~.api.segment_everything`."""
-        strategy = self.strategy.value
-        chosen = {"strategy": strategy, "link_iou": self.link_iou.value}
-        for form in (self.main_options, self.advanced):
-            chosen.update({
-                name: value for name, value in form.values().items()
-                if strategy in form.infos[name].spec.strategies
-            })
+        """Every setting that applies to the chosen strategy and scope, as keywords of
+        :func:`~.api.segment_everything` (the advanced ones apply also while folded away)."""
+        chosen = {"strategy": self.strategy.value, **self._applying(self.strategy.value)}
+        if self.scope.value == "stack":
+            chosen["link_iou"] = self.link_iou.value
         return {**self.images.settings(), **self.model.settings(), **chosen}
 
     def run(self) -> None:
@@ -355,13 +352,14 @@ class SegmentEverythingWidget(JobWidget):
 
     def _box_settings(self) -> dict:
         """Settings of the object-aware strategy, whatever strategy is chosen (boxes come from the detector)."""
-        settings = {**self.images.settings(), **self.model.settings()}
-        for form in (self.main_options, self.advanced):
-            settings.update({
-                name: value for name, value in form.values().items()
-                if "object-aware" in form.infos[name].spec.strategies and "grid" not in form.infos[name].spec.strategies
-            })
-        return settings
+        return {**self.images.settings(), **self.model.settings(), **self._applying("object-aware")}
+
+    def _applying(self, strategy: str) -> dict:
+        """The values of the main and advanced settings that apply to `strategy`."""
+        return {
+            name: value for form in (self.main_options, self.advanced) for name, value in form.values().items()
+            if strategy in form.infos[name].spec.strategies
+        }
 
     def _pick_boxes(self, layer: Shapes) -> None:
         self.boxes.reset_choices()

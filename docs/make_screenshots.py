@@ -2,14 +2,16 @@
 
 Run under a display (or ``xvfb-run -a python docs/make_screenshots.py``). With the
 MobileSAMv2 weights in the cache (``napari-mobilesamv2 models download``) the real
-models are used; without them a classical stand-in (Otsu threshold + watershed
-behind the same interface) is used and the screenshots show the widgets and
-layers, not MobileSAMv2's quality. Pass ``--stand-in`` to force it.
+models are used; without them the classical stand-in of the GUI tests
+(``tests/napari/standin.py``, here on an Otsu threshold + watershed) is used and
+the screenshots show the widgets and layers, not MobileSAMv2's quality. Pass
+``--stand-in`` to force it. Run it from a checkout of the repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -21,99 +23,24 @@ from qtpy.QtWidgets import QApplication
 from napari_mobilesamv2 import MobileSAMv2, MobileSAMv2Error
 from napari_mobilesamv2.napari import nuclei_2d, nuclei_3d, set_pipeline_factory
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "napari"))
+from standin import BlobPipeline  # noqa: E402  the stand-in of the GUI tests
+
 IMAGES = Path(__file__).parent / "images"
 WINDOW = (1600, 1000)
 
 
-class StandIn:
-    """Otsu threshold + watershed with the parts of MobileSAMv2's interface the plugin uses."""
+def nuclei(grey: np.ndarray) -> np.ndarray:
+    """Nuclei for the stand-in: Otsu threshold, then a watershed splits touching ones."""
+    from scipy import ndimage
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.segmentation import watershed
 
-    encoder_name = "stand-in"
-
-    def prepare_image(self, image, **conversion):
-        from napari_mobilesamv2 import to_rgb_uint8
-
-        return to_rgb_uint8(image, **conversion)
-
-    def embed(self, image_rgb):
-        from napari_mobilesamv2 import ImageEmbedding
-        import torch
-
-        grey = torch.from_numpy(image_rgb.astype(np.float32).mean(-1))
-        return ImageEmbedding(grey, tuple(grey.shape), tuple(grey.shape))
-
-    @staticmethod
-    def _objects(grey):
-        from scipy import ndimage
-        from skimage.filters import gaussian, threshold_otsu
-        from skimage.segmentation import watershed
-
-        smooth = gaussian(grey, 2)
-        foreground = smooth > threshold_otsu(smooth)
-        distance = ndimage.distance_transform_edt(foreground)
-        peaks, _ = ndimage.label(distance > 0.6 * ndimage.maximum_filter(distance, 15))
-        return watershed(-distance, peaks, mask=foreground)
-
-    def detect(self, image_rgb, *, conf=0.4, iou=0.9, **_):
-        from scipy import ndimage
-
-        regions = self._objects(image_rgb.mean(-1))
-        boxes = [[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in ndimage.find_objects(regions) if s]
-        scores = np.linspace(0.95, 0.45, len(boxes)).astype(np.float32)
-        return np.array(boxes, np.float32).reshape(-1, 4), scores
-
-    def segment_everything(self, image, *, max_prompts=320, boxes_xyxy=None, embedding=None, **kwargs):
-        conversion = {k: v for k, v in kwargs.items() if k in ("normalization", "channel_axis", "channels",
-                                                              "contrast_limits")}
-        rgb = self.prepare_image(image, **conversion)
-        scores = None
-        if boxes_xyxy is None:
-            boxes_xyxy, scores = self.detect(rgb)
-            boxes_xyxy, scores = boxes_xyxy[:max_prompts], scores[:max_prompts]
-        regions = self._objects(rgb.mean(-1))
-        masks = [self._in_box(regions, box) for box in boxes_xyxy]
-        return self._segmentation(masks, boxes_xyxy, scores)
-
-    def segment_anything(self, image, *, points=None, point_labels=None, point_groups=None, boxes=None,
-                         embedding=None, **conversion):
-        from napari_mobilesamv2 import objects_from_prompts
-
-        regions = self._objects(self.prepare_image(image, **conversion).mean(-1))
-        masks, shown = [], []
-        for obj in objects_from_prompts(points, point_labels, point_groups, boxes):
-            if obj.box is not None:
-                masks.append(self._in_box(regions, obj.box))
-            else:
-                mask = np.zeros(regions.shape, bool)
-                for (x, y), positive in zip(np.round(obj.points).astype(int), obj.labels):
-                    region = regions[y, x]
-                    if region:
-                        mask = mask | (regions == region) if positive else mask & (regions != region)
-                masks.append(mask)
-        return self._segmentation(masks, None, None)
-
-    @staticmethod
-    def _in_box(regions, box):
-        x0, y0, x1, y1 = np.round(box).astype(int)
-        inside = np.zeros(regions.shape, bool)
-        inside[max(y0, 0):y1, max(x0, 0):x1] = True
-        ids, counts = np.unique(regions[inside & (regions > 0)], return_counts=True)
-        return (regions == ids[counts.argmax()]) & inside if len(ids) else inside & False
-
-    @staticmethod
-    def _segmentation(masks, boxes, scores):
-        import torch
-
-        from napari_mobilesamv2.decode.masks import crop_to_content
-        from napari_mobilesamv2.decode.prompted import DecodedMasks
-        from napari_mobilesamv2.results import build_segmentation
-
-        crops = [crop_to_content(m) for m in masks]
-        n = len(crops)
-        boxes = np.array([c.bbox_xyxy for c in crops], np.float32) if boxes is None else boxes
-        scores = np.full(n, np.nan, np.float32) if scores is None else scores
-        decoded = DecodedMasks(crops, np.full(n, 0.9, np.float32), np.full(n, 0.95, np.float32), torch.zeros(0))
-        return build_segmentation(decoded, boxes, scores, masks[0].shape if masks else (1, 1), "object-aware")
+    smooth = gaussian(grey, 2)
+    foreground = smooth > threshold_otsu(smooth)
+    distance = ndimage.distance_transform_edt(foreground)
+    peaks, _ = ndimage.label(distance > 0.6 * ndimage.maximum_filter(distance, 15))
+    return watershed(-distance, peaks, mask=foreground)
 
 
 def choose_pipeline(stand_in: bool) -> str:
@@ -126,7 +53,7 @@ def choose_pipeline(stand_in: bool) -> str:
         else:
             set_pipeline_factory(lambda encoder, device, trust_weights: model)
             return "MobileSAMv2"
-    pipeline = StandIn()
+    pipeline = BlobPipeline(find_regions=nuclei)
     set_pipeline_factory(lambda encoder, device, trust_weights: pipeline)
     return "stand-in"
 

@@ -9,6 +9,11 @@ by the checkpoint-format tests.
 
 from __future__ import annotations
 
+import http.server
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +22,8 @@ import torch
 import ultralytics  # noqa: F401  its logger binds to the streams present at first import: not a test's capsys
 
 
-from napari_mobilesamv2.models import build_mask_decoder, build_prompt_encoder
+from napari_mobilesamv2.models import build_mask_decoder, build_prompt_encoder, download
+from napari_mobilesamv2.models.registry import WEIGHT_FILES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DETECTOR_FIXTURE = FIXTURES / "object_aware_tiny.pt"
@@ -97,3 +103,29 @@ def synthetic_cells(shape=(192, 256), n=12, seed=0, dtype=np.uint8, texture=0.5)
     image = (1 - texture) * np.clip(image / image.max(), 0, 1) + texture * rng.random(shape)
     top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0
     return (image * top).astype(dtype)
+
+
+@pytest.fixture
+def weights_cache(tmp_path, monkeypatch) -> Path:
+    """An empty weights cache folder (not created yet), used instead of the user's."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(download.CACHE_ENV, str(folder))
+    return folder
+
+
+def register_weight_urls(monkeypatch, name: str, *urls: str, sha256: str | None = None) -> None:
+    """Make the registry fetch `name` from `urls`, expecting `sha256` (None: unknown, pinned on first use)."""
+    monkeypatch.setitem(WEIGHT_FILES, name, replace(WEIGHT_FILES[name], urls=urls, sha256=sha256))
+
+
+@contextmanager
+def serving(handler) -> Iterator[str]:
+    """An HTTP server on a free port of 127.0.0.1 answering with `handler`; yields its base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        thread.join(timeout=5)

@@ -9,16 +9,14 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from dataclasses import replace
 from functools import partial
 
 import pytest
 
 from napari_mobilesamv2.errors import IntegrityError, WeightsUnavailableError
 from napari_mobilesamv2.models import download
-from napari_mobilesamv2.models.registry import WEIGHT_FILES
+from .conftest import register_weight_urls, serving
 
 PAYLOAD = b"weights " * 1000
 
@@ -49,35 +47,27 @@ def server(tmp_path):
     served = tmp_path / "served"
     served.mkdir()
     (served / "file.bin").write_bytes(PAYLOAD)
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(served)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serving(partial(_Handler, directory=str(served))) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(download.CACHE_ENV, str(folder))
-    return folder
-
-
-def _register(monkeypatch, name, *urls, sha256=None):
-    monkeypatch.setitem(WEIGHT_FILES, name, replace(WEIGHT_FILES[name], urls=urls, sha256=sha256))
+def cache(weights_cache):
+    """Every test here gets an empty cache of its own."""
+    return weights_cache
 
 
 def test_download_with_published_hash_then_served_from_cache(server, cache, monkeypatch):
-    _register(monkeypatch, "mobile_sam.pt", f"{server}/file.bin", sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    register_weight_urls(monkeypatch, "mobile_sam.pt", f"{server}/file.bin", sha256=hashlib.sha256(PAYLOAD).hexdigest())
     path = download.fetch("mobile_sam.pt", progressbar=False)
     assert path == cache / "mobile_sam.pt" and path.read_bytes() == PAYLOAD
-    _register(monkeypatch, "mobile_sam.pt", "http://127.0.0.1:9/unreachable", sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    register_weight_urls(monkeypatch, "mobile_sam.pt", "http://127.0.0.1:9/unreachable", sha256=hashlib.sha256(PAYLOAD).hexdigest())
     assert download.fetch("mobile_sam.pt", progressbar=False) == path
     assert "ok" in download.verify("mobile_sam.pt")
 
 
 def test_hash_mismatch_leaves_no_file_and_says_so(server, cache, monkeypatch):
-    _register(monkeypatch, "mobile_sam.pt", f"{server}/file.bin", sha256="0" * 64)
+    register_weight_urls(monkeypatch, "mobile_sam.pt", f"{server}/file.bin", sha256="0" * 64)
     with pytest.raises(WeightsUnavailableError, match="(?i)hash"):
         download.fetch("mobile_sam.pt", progressbar=False)
     assert not (cache / "mobile_sam.pt").exists()
@@ -85,7 +75,7 @@ def test_hash_mismatch_leaves_no_file_and_says_so(server, cache, monkeypatch):
 
 
 def test_first_download_is_pinned_and_tampering_is_caught(server, cache, monkeypatch):
-    _register(monkeypatch, "ObjectAwareModel.pt", f"{server}/missing.bin", f"{server}/file.bin")
+    register_weight_urls(monkeypatch, "ObjectAwareModel.pt", f"{server}/missing.bin", f"{server}/file.bin")
     path = download.fetch("ObjectAwareModel.pt", progressbar=False)
     pins = json.loads((cache / download.PINS_FILE).read_text())
     assert pins["ObjectAwareModel.pt"]["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
@@ -97,7 +87,7 @@ def test_first_download_is_pinned_and_tampering_is_caught(server, cache, monkeyp
 
 
 def test_user_copy_with_other_hash_is_not_known(tmp_path, server, monkeypatch):
-    _register(monkeypatch, "ObjectAwareModel.pt", f"{server}/file.bin")
+    register_weight_urls(monkeypatch, "ObjectAwareModel.pt", f"{server}/file.bin")
     download.fetch("ObjectAwareModel.pt", progressbar=False)
     other = tmp_path / "mine.pt"
     other.write_bytes(b"something else")
@@ -105,7 +95,7 @@ def test_user_copy_with_other_hash_is_not_known(tmp_path, server, monkeypatch):
 
 
 def test_offline_message_names_file_url_and_destination(cache, monkeypatch):
-    _register(monkeypatch, "l2.pt", "http://127.0.0.1:9/l2.pt")
+    register_weight_urls(monkeypatch, "l2.pt", "http://127.0.0.1:9/l2.pt")
     with pytest.raises(WeightsUnavailableError) as info:
         download.fetch("l2.pt", progressbar=False)
     message = str(info.value)
@@ -164,7 +154,7 @@ def _fast_timeouts(monkeypatch, connect=0.2, read=0.3, budget=60.0):
 
 def test_server_that_never_answers_fails_after_the_read_timeout(silent_server, cache, monkeypatch):
     _fast_timeouts(monkeypatch, read=0.3)
-    _register(monkeypatch, "l2.pt", f"{silent_server}/a", f"{silent_server}/b")
+    register_weight_urls(monkeypatch, "l2.pt", f"{silent_server}/a", f"{silent_server}/b")
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as info:
         download.fetch("l2.pt", progressbar=False)
@@ -177,7 +167,7 @@ def test_server_that_never_answers_fails_after_the_read_timeout(silent_server, c
 
 def test_server_that_never_accepts_fails_after_the_connect_timeout(full_server, cache, monkeypatch):
     _fast_timeouts(monkeypatch, connect=0.2)
-    _register(monkeypatch, "l2.pt", f"{full_server}/a")
+    register_weight_urls(monkeypatch, "l2.pt", f"{full_server}/a")
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError, match=r"Download errors: 127.0.0.1:\d+: no connection within 0.2 s"):
         download.fetch("l2.pt", progressbar=False)
@@ -186,7 +176,7 @@ def test_server_that_never_accepts_fails_after_the_connect_timeout(full_server, 
 
 def test_mirrors_are_not_tried_once_the_budget_is_spent(silent_server, server, cache, monkeypatch):
     _fast_timeouts(monkeypatch, read=0.3, budget=0.1)
-    _register(monkeypatch, "mobile_sam.pt", f"{silent_server}/a", f"{server}/file.bin",
+    register_weight_urls(monkeypatch, "mobile_sam.pt", f"{silent_server}/a", f"{server}/file.bin",
               sha256=hashlib.sha256(PAYLOAD).hexdigest())
     with pytest.raises(WeightsUnavailableError) as info:
         download.fetch("mobile_sam.pt", progressbar=False)

@@ -16,9 +16,7 @@ import http.server
 import json
 import os
 import re
-import threading
 import tracemalloc
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -42,7 +40,7 @@ from napari_mobilesamv2.models import load_prompt_decoder
 from napari_mobilesamv2.models.registry import WEIGHT_FILES
 from napari_mobilesamv2.pipeline import MobileSAMv2
 
-from .conftest import DETECTOR_FIXTURE, synthetic_cells, write_weight_files
+from .conftest import DETECTOR_FIXTURE, register_weight_urls, serving, synthetic_cells, write_weight_files
 
 H, W = 48, 64
 FAST = {"imgsz": 256, "max_prompts": 4}  # small detector input: each run takes a fraction of a second
@@ -772,23 +770,8 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FaultyHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    thread.join(timeout=5)
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(download.CACHE_ENV, str(folder))
-    return folder
-
-
-def _register(monkeypatch, name, *urls, sha256=None):
-    monkeypatch.setitem(WEIGHT_FILES, name, replace(WEIGHT_FILES[name], urls=urls, sha256=sha256))
+    with serving(_FaultyHandler) as url:
+        yield url
 
 
 def _weights_in(cache) -> list[str]:
@@ -797,18 +780,18 @@ def _weights_in(cache) -> list[str]:
 
 @pytest.mark.parametrize("name, sha256", [("mobile_sam.pt", hashlib.sha256(PAYLOAD).hexdigest()),
                                           ("ObjectAwareModel.pt", None)])
-def test_interrupted_download_leaves_nothing(server, cache, monkeypatch, name, sha256):
-    _register(monkeypatch, name, f"{server}/cut", f"{server}/error", sha256=sha256)
+def test_interrupted_download_leaves_nothing(server, weights_cache, monkeypatch, name, sha256):
+    register_weight_urls(monkeypatch, name, f"{server}/cut", f"{server}/error", sha256=sha256)
     with pytest.raises(WeightsUnavailableError) as info:
         download.fetch(name, progressbar=False)
     message = str(info.value)
-    assert f"{name}: download {server}/cut or {server}/error and save it as {cache / name}" in message
+    assert f"{name}: download {server}/cut or {server}/error and save it as {weights_cache / name}" in message
     assert "Download errors:" in message and "500" in message
-    assert _weights_in(cache) == []  # no partial file, no pin
+    assert _weights_in(weights_cache) == []  # no partial file, no pin
 
 
-def test_disk_full_during_download_leaves_nothing(server, cache, monkeypatch):
-    _register(monkeypatch, "l2.pt", f"{server}/file")
+def test_disk_full_during_download_leaves_nothing(server, weights_cache, monkeypatch):
+    register_weight_urls(monkeypatch, "l2.pt", f"{server}/file")
 
     def fill_disk(url, output_file, pooch_obj=None):
         with open(output_file, "wb") as f:
@@ -818,11 +801,11 @@ def test_disk_full_during_download_leaves_nothing(server, cache, monkeypatch):
     monkeypatch.setattr(download.pooch, "HTTPDownloader", lambda **kwargs: fill_disk)
     with pytest.raises(WeightsUnavailableError, match="No space left on device"):
         download.fetch("l2.pt", progressbar=False)
-    assert _weights_in(cache) == []
+    assert _weights_in(weights_cache) == []
 
 
-def test_download_whose_pin_cannot_be_recorded_is_removed(server, cache, monkeypatch):
-    _register(monkeypatch, "Prompt_guided_Mask_Decoder.pt", f"{server}/file")
+def test_download_whose_pin_cannot_be_recorded_is_removed(server, weights_cache, monkeypatch):
+    register_weight_urls(monkeypatch, "Prompt_guided_Mask_Decoder.pt", f"{server}/file")
     real_write = download._write_json
 
     def pins_fail(path, data, *, required):
@@ -833,10 +816,10 @@ def test_download_whose_pin_cannot_be_recorded_is_removed(server, cache, monkeyp
     monkeypatch.setattr(download, "_write_json", pins_fail)
     with pytest.raises(WeightsUnavailableError, match="pins.json: .*No space left"):
         download.fetch("Prompt_guided_Mask_Decoder.pt", progressbar=False)
-    assert _weights_in(cache) == []
+    assert _weights_in(weights_cache) == []
     monkeypatch.setattr(download, "_write_json", real_write)
     assert download.fetch("Prompt_guided_Mask_Decoder.pt", progressbar=False).read_bytes() == PAYLOAD
-    assert download.is_known_file("Prompt_guided_Mask_Decoder.pt", cache / "Prompt_guided_Mask_Decoder.pt")
+    assert download.is_known_file("Prompt_guided_Mask_Decoder.pt", weights_cache / "Prompt_guided_Mask_Decoder.pt")
 
 
 def test_cache_folder_that_is_a_file(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from .imaging import channels_last
 from .options import EverythingOptions, ImageOptions
 from .results import Segmentation
 from .stack import LinkedStack, link_planes
+
+if TYPE_CHECKING:
+    from .protocols import SegmentationPipeline
 
 Result = TypeVar("Result")
 PlaneKey = tuple[int, ...]
@@ -91,7 +94,7 @@ def stack_keys(stack_shape: Sequence[int]) -> list[PlaneKey]:
 
 
 def segment_planes(
-    model,
+    model: SegmentationPipeline,
     keys: Sequence[PlaneKey],
     read_plane: Callable[[PlaneKey], np.ndarray],
     options: EverythingOptions,
@@ -105,7 +108,7 @@ def segment_planes(
 
     Parameters
     ----------
-    model : SegmentEverything
+    model : SegmentationPipeline
         The pipeline (:class:`~napari_mobilesamv2.MobileSAMv2` or a stand-in).
     keys : sequence of tuple of int
         The planes to segment, e.g. ``stack_keys(stack.shape[:-2])``.
@@ -196,7 +199,7 @@ class StackResult:
 
 
 def segment_stack_steps(
-    model,
+    model: SegmentationPipeline,
     stack_shape: Sequence[int],
     read_plane: Callable[[PlaneKey], np.ndarray],
     options: EverythingOptions,
@@ -218,7 +221,7 @@ def segment_stack_steps(
 
 
 def segment_stack(
-    model,
+    model: SegmentationPipeline,
     stack: Any,
     options: EverythingOptions = EverythingOptions(),
     image_options: ImageOptions = ImageOptions(),

@@ -4,9 +4,9 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import blobs
+from standin import blobs
 
-from napari_mobilesamv2 import InputError
+from napari_mobilesamv2 import ImageOptions, InputError
 from napari_mobilesamv2.napari import (
     EMBEDDINGS,
     decode_box_layer,
@@ -14,7 +14,7 @@ from napari_mobilesamv2.napari import (
     segment_everything,
     show_boxes,
 )
-from napari_mobilesamv2.napari._layers import ImageSettings, image_view, merge_into
+from napari_mobilesamv2.napari._layers import image_view, merge_into
 
 
 def rectangle(z, y0, x0, y1, x1):
@@ -198,11 +198,11 @@ def test_image_kinds(make_napari_viewer, blob_pipeline, kind):
 def test_contrast_limit_normalization_uses_the_layer_limits(make_napari_viewer):
     viewer = make_napari_viewer()
     image = viewer.add_image(blobs(dtype=np.uint16), contrast_limits=(5, 250))
-    view = image_view(image, viewer, ImageSettings(normalization="contrast_limits"))
+    view = image_view(image, viewer, ImageOptions(normalization="contrast_limits"))
     assert view.conversion() == {"normalization": "contrast_limits", "contrast_limits": (5.0, 250.0)}
     image.contrast_limits = (0, 100)
     assert view.conversion()["contrast_limits"] == (5.0, 250.0)  # a run uses the limits it started with
-    later = image_view(image, viewer, ImageSettings(normalization="contrast_limits"))
+    later = image_view(image, viewer, ImageOptions(normalization="contrast_limits"))
     assert later.conversion()["contrast_limits"] == (0.0, 100.0)
     assert later.cache_key(()) != view.cache_key(()) != image_view(image, viewer).cache_key(())
 

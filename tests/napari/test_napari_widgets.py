@@ -4,24 +4,22 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import blobs
+from conftest import PLUGIN, open_dock
+from napari.utils.key_bindings import coerce_keybinding
 from napari.utils.notifications import notification_manager
+from standin import blobs
 
 from napari_mobilesamv2 import WeightsUnavailableError
 from napari_mobilesamv2.napari import SegmentAnythingWidget, SegmentEverythingWidget
+from napari_mobilesamv2.napari._widgets import RUN_ANYTHING_KEY, TOGGLE_NEGATIVE_KEY
 
-PLUGIN = "napari-mobilesamv2"
-
-
-def dock(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
+WIDGET_KEYS = [coerce_keybinding(key) for key in (RUN_ANYTHING_KEY, TOGGLE_NEGATIVE_KEY)]
 
 
 def test_widgets_and_samples_come_from_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
-    assert isinstance(dock(viewer, "Segment everything"), SegmentEverythingWidget)
-    assert isinstance(dock(viewer, "Segment anything"), SegmentAnythingWidget)
+    assert isinstance(open_dock(viewer, "Segment everything"), SegmentEverythingWidget)
+    assert isinstance(open_dock(viewer, "Segment anything"), SegmentAnythingWidget)
     viewer.open_sample(PLUGIN, "nuclei_3d")
     viewer.open_sample(PLUGIN, "coins")
     assert viewer.layers["nuclei 3D"].data.shape == (20, 128, 128)
@@ -41,7 +39,7 @@ def test_sample_data_is_deterministic():
 def test_the_image_picker_follows_the_active_image(make_napari_viewer):
     viewer = make_napari_viewer()
     first = viewer.add_image(blobs(), name="first")
-    widget = dock(viewer, "Segment everything")
+    widget = open_dock(viewer, "Segment everything")
     assert widget.images.image.value is first
     second = viewer.add_image(blobs(), name="second")
     viewer.layers.selection.active = second
@@ -51,17 +49,17 @@ def test_the_image_picker_follows_the_active_image(make_napari_viewer):
     assert list(widget.output.choices) == [None, labels]
 
 
-def test_segment_everything_runs_in_a_worker_with_the_real_tiny_models(make_napari_viewer, tiny_factory, wait_done):
-    viewer = make_napari_viewer()
-    image = viewer.add_image(blobs(), scale=(2, 2), translate=(1, 1))
-    widget = dock(viewer, "Segment everything")
-    widget.conf.value = 0.01
-    widget.max_prompts.value = 3
+def test_segment_everything_runs_in_a_worker_with_the_real_tiny_models(docked, tiny_factory, wait_done):
+    viewer, widget = docked(scale=(2, 2), translate=(1, 1), name="cells")
+    image = viewer.layers["cells"]
+    widget.main_options.controls["conf"].value = 0.01
+    widget.main_options.controls["max_prompts"].value = 3
     widget.run()
     assert widget.is_running
     wait_done(widget)
     assert widget.last_error is None, widget.last_error
-    labels = viewer.layers["layer objects"] if "layer objects" in viewer.layers else viewer.layers[-1]
+    labels = viewer.layers[-1]
+    assert labels.name == "cells objects"
     assert labels.data.shape == image.data.shape
     np.testing.assert_allclose(labels.scale, (2, 2))
     assert {"index", "id", "score", "predicted_iou", "stability", "area", "slice"} <= set(labels.features.columns)
@@ -84,10 +82,8 @@ def test_segment_everything_runs_in_a_worker_with_the_real_tiny_models(make_napa
     assert widget.status.value.startswith("done")
 
 
-def test_widget_settings_reach_the_pipeline(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    viewer.add_image(np.stack([blobs(centres=((20, 20 + z),)) for z in range(4)]))
-    widget = dock(viewer, "Segment everything")
+def test_widget_settings_reach_the_pipeline(docked, blob_pipeline, wait_done):
+    viewer, widget = docked(image=np.stack([blobs(centres=((20, 20 + z),)) for z in range(4)]))
     existing = viewer.add_labels(np.zeros((4, 64, 96), np.int32), name="mine")
     existing.data[0, 0, 0] = 9
     widget.output.value = existing
@@ -101,11 +97,9 @@ def test_widget_settings_reach_the_pipeline(make_napari_viewer, blob_pipeline, w
     assert np.unique(existing.data).tolist() == [0, 9]
 
 
-def test_cancel_changes_no_layer(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    viewer.add_image(np.stack([blobs()] * 3))
+def test_cancel_changes_no_layer(docked, blob_pipeline, wait_done):
+    viewer, widget = docked(image=np.stack([blobs()] * 3))
     existing = viewer.add_labels(np.zeros((3, 64, 96), np.int32))
-    widget = dock(viewer, "Segment everything")
     widget.output.value = existing
     widget.scope.value = "stack"
     blob_pipeline.gate = threading.Event()
@@ -126,56 +120,48 @@ def test_cancel_changes_no_layer(make_napari_viewer, blob_pipeline, wait_done):
         (RuntimeError("CUDA out of memory"), "MobileSAMv2 failed: RuntimeError: CUDA out of memory"),
     ],
 )
-def test_errors_are_notifications_and_change_no_layer(make_napari_viewer, wait_done, error, shown):
-    from napari_mobilesamv2.napari import set_pipeline_factory
-
+def test_errors_are_notifications_and_change_no_layer(docked, pipeline_factory, wait_done, error, shown):
     def factory(encoder, device, trust_weights):
         raise error
 
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
-    widget = dock(viewer, "Segment everything")
-    set_pipeline_factory(factory)
-    try:
-        before = len(notification_manager.records)
-        widget.run()
-        wait_done(widget)
-    finally:
-        set_pipeline_factory(None)
+    viewer, widget = docked()
+    pipeline_factory(factory)
+    before = len(notification_manager.records)
+    widget.run()
+    wait_done(widget)
     assert widget.last_error == shown
     assert len(viewer.layers) == 1
     assert [str(n.message) for n in notification_manager.records[before:]] == [shown]
 
 
-def test_input_errors_are_reported_before_running(make_napari_viewer, blob_pipeline):
-    viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((5, 64, 96), np.uint8))
-    widget = dock(viewer, "Segment everything")
+def test_input_errors_are_reported_before_running(docked, blob_pipeline):
+    _, widget = docked(image=np.zeros((5, 64, 96), np.uint8), name="five")
     widget.images.channel_axis.value = 0
     widget.images.channels.value = "0, 1, 7"
     widget.run()
     assert not widget.is_running
-    assert "channels" in widget.last_error or "do not exist" in widget.last_error
+    assert widget.last_error == "channels [0, 1, 7]: choose one to three of the 5 channel(s) of 'five'"
 
 
-def test_segment_anything_widget_with_prompt_layers_and_keybinding(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    image = viewer.add_image(np.stack([blobs(centres=((20, 20), (40, 60), (50, 15)))] * 2), scale=(4, 1, 1))
-    widget = dock(viewer, "Segment anything")
+def test_segment_anything_widget_with_prompt_layers_and_keybinding(docked, blob_pipeline, wait_done):
+    viewer, widget = docked(
+        "Segment anything", np.stack([blobs(centres=((20, 20), (40, 60), (50, 15)))] * 2), scale=(4, 1, 1),
+        name="cells",
+    )
+    image = viewer.layers["cells"]
     widget.add_prompt_layers()
     points, boxes = widget.points.value, widget.shapes.value
-    assert points.name == "layer prompts" or points.name.endswith("prompts")
+    assert (points.name, boxes.name) == ("cells prompts", "cells prompt boxes")
+    assert viewer.layers.selection.active is points and points.mode == "add" and boxes.mode == "add_rectangle"
     np.testing.assert_allclose(points.scale, image.scale)
     z = viewer.dims.current_step[0]
     points.add([z, 20, 20])
-    widget.negative.value = True
+    viewer.keymap[coerce_keybinding(TOGGLE_NEGATIVE_KEY)](viewer)
+    assert widget.negative.value
     points.add([z, 40, 60])
     assert points.features["positive"].tolist() == [True, False]
     boxes.add_rectangles(np.array([[z, 42, 5], [z, 42, 25], [z, 58, 25], [z, 58, 5]], float))
-    viewer.keymap  # noqa: B018 - the binding is on the viewer
-    bound = [k for k in viewer.keymap if "S" in str(k)]
-    assert bound, "Shift-S should run segment anything"
-    viewer.keymap[bound[0]](viewer)
+    viewer.keymap[coerce_keybinding(RUN_ANYTHING_KEY)](viewer)
     wait_done(widget)
     assert widget.last_error is None, widget.last_error
     labels = widget.output.value
@@ -193,61 +179,66 @@ def test_segment_anything_widget_with_prompt_layers_and_keybinding(make_napari_v
     assert int(labels.data[z, 40, 60]) == 0 and int(labels.data[z, 20, 20]) == 1
 
 
-def test_segment_anything_without_prompts_says_what_to_do(make_napari_viewer, blob_pipeline):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
-    widget = dock(viewer, "Segment anything")
+def test_segment_anything_without_prompts_says_what_to_do(docked, blob_pipeline):
+    viewer, widget = docked("Segment anything")
     widget.add_prompt_layers()
     widget.run()
-    assert not widget.is_running and "no prompts" in widget.last_error
+    assert not widget.is_running
+    assert widget.last_error.startswith("no prompts on this plane: add a positive point or a box")
     assert widget.output.value is None and len(viewer.layers) == 3
 
 
 def test_closing_the_widgets_releases_keys_and_events(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(blobs())
+
+    def users_own(_viewer):
+        pass
+
+    viewer.bind_key(TOGGLE_NEGATIVE_KEY, users_own)
+    before = dict(viewer.keymap)
     dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment anything")
-    assert any("S" in str(k) and "Shift" in str(k) for k in viewer.keymap)
+    assert all(key in viewer.keymap for key in WIDGET_KEYS)
+    assert viewer.keymap[WIDGET_KEYS[1]] is not users_own
     viewer.window.remove_dock_widget(dock_widget)
-    qtbot.waitUntil(lambda: not any("Shift" in str(k) for k in viewer.keymap), timeout=5000)
+    qtbot.waitUntil(lambda: dict(viewer.keymap) == before, timeout=5000)  # ours gone, the user's back
     viewer.layers.selection.active = viewer.add_image(blobs(), name="another")  # no callback into a dead widget
 
 
-def test_warnings_from_the_worker_are_notifications(make_napari_viewer, blob_pipeline, wait_done):
-    import warnings
+def test_a_second_anything_dock_takes_the_keys_and_gives_them_back(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs())
 
-    from napari_mobilesamv2.napari import set_pipeline_factory
+    def users_own(_viewer):
+        pass
+
+    viewer.bind_key(TOGGLE_NEGATIVE_KEY, users_own)
+    before = dict(viewer.keymap)
+    first_dock, first = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment anything")
+    second = SegmentAnythingWidget(viewer)  # the manifest opens one of each: a second one by hand
+    second_dock = viewer.window.add_dock_widget(second, name="second")
+    viewer.window.remove_dock_widget(first_dock)
+    qtbot.waitUntil(lambda: first._closed, timeout=5000)
+    viewer.keymap[WIDGET_KEYS[1]](viewer)  # the open dock's binding stays
+    assert second.negative.value and not first.negative.value
+    viewer.window.remove_dock_widget(second_dock)
+    qtbot.waitUntil(lambda: dict(viewer.keymap) == before, timeout=5000)
+
+
+def test_warnings_from_the_worker_are_notifications(docked, blob_pipeline, pipeline_factory, wait_done):
+    import warnings
 
     def factory(encoder, device, trust_weights):
         warnings.warn("loading an unknown detector because you trust it", UserWarning, stacklevel=1)
         return blob_pipeline
 
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
-    widget = dock(viewer, "Segment everything")
-    set_pipeline_factory(factory)
-    try:
-        before = len(notification_manager.records)
-        widget.run()
-        wait_done(widget)
-    finally:
-        set_pipeline_factory(None)
-    assert "loading an unknown detector because you trust it" in [
-        str(n.message) for n in notification_manager.records[before:]
+    viewer, widget = docked()
+    pipeline_factory(factory)
+    before = len(notification_manager.records)
+    widget.run()
+    wait_done(widget)
+    assert [str(n.message) for n in notification_manager.records[before:]] == [
+        "loading an unknown detector because you trust it"
     ]
     assert widget.last_error is None and len(viewer.layers) == 2
 
-
-def test_closing_the_viewer_mid_run_cancels_quietly(make_napari_viewer, blob_pipeline, qtbot):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
-    widget = dock(viewer, "Segment everything")
-    blob_pipeline.gate = threading.Event()
-    widget.run()
-    finished = []
-    widget.worker.finished.connect(lambda: finished.append(True))
-    viewer.close()
-    blob_pipeline.gate.set()
-    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
-    qtbot.wait(50)  # the widget's own finished/aborted handlers run after this one
-    assert not widget.is_running

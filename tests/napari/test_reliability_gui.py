@@ -1,6 +1,6 @@
 """The widgets under bad input and faults: a notification, and no layer changed or lost.
 
-Cases of issue 4 that only exist in napari: bad images and settings reported as
+Cases that only exist in napari: bad images and settings reported as
 notifications, a second run while one is running, closing the viewer or a layer
 mid-run, an exception mid-run, output labels of another shape or scale, prompt layers
 without usable prompts, a labels dtype too small for the new ids, and the trust
@@ -12,20 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blobs
+from conftest import open_dock
 from napari.layers import Labels
 from napari.utils.notifications import notification_manager
-
-from napari_mobilesamv2.napari import set_pipeline_factory
+from standin import blobs
 
 DETECTOR_FIXTURE = Path(__file__).parents[1] / "fixtures" / "object_aware_tiny.pt"
-
-PLUGIN = "napari-mobilesamv2"
-
-
-def dock(viewer, name="Segment everything"):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
 
 
 def messages_since(count: int) -> list[str]:
@@ -64,7 +56,7 @@ def test_bad_image_or_setting_is_a_notification_and_changes_nothing(
     viewer = make_napari_viewer()
     make_image(viewer)
     existing = viewer.add_labels(np.arange(64 * 96, dtype=np.int32).reshape(64, 96) % 7, name="mine")
-    widget = dock(viewer)
+    widget = open_dock(viewer)
     viewer.layers.selection.active = viewer.layers[0]
     for name, value in settings.items():
         getattr(widget.images, name).value = value
@@ -77,10 +69,8 @@ def test_bad_image_or_setting_is_a_notification_and_changes_nothing(
     assert existing.data.max() == 6
 
 
-def test_image_with_nothing_in_it_gives_an_empty_layer(make_napari_viewer, tiny_factory, wait_done):
-    viewer = make_napari_viewer()
-    viewer.add_image(np.full((64, 96), np.nan, np.float32), name="blank")
-    widget = dock(viewer)
+def test_image_with_nothing_in_it_gives_an_empty_layer(docked, tiny_factory, wait_done):
+    viewer, widget = docked(image=np.full((64, 96), np.nan, np.float32), name="blank")
     widget.run()
     wait_done(widget)
     assert widget.last_error is None, widget.last_error
@@ -88,10 +78,8 @@ def test_image_with_nothing_in_it_gives_an_empty_layer(make_napari_viewer, tiny_
     assert labels.data.shape == (64, 96) and not labels.data.any()
 
 
-def test_a_second_run_while_one_runs_is_refused(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
-    widget = dock(viewer)
+def test_a_second_run_while_one_runs_is_refused(docked, blob_pipeline, wait_done):
+    viewer, widget = docked()
     blob_pipeline.gate = threading.Event()
     count = len(notification_manager.records)
     widget.run()
@@ -106,10 +94,8 @@ def test_a_second_run_while_one_runs_is_refused(make_napari_viewer, blob_pipelin
     assert blob_pipeline.embed_calls == 1
 
 
-def test_closing_the_viewer_mid_run_ends_the_worker(make_napari_viewer, blob_pipeline, qtbot):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
-    widget = dock(viewer)
+def test_closing_the_viewer_mid_run_ends_the_worker_quietly(docked, blob_pipeline, qtbot):
+    viewer, widget = docked()
     blob_pipeline.gate = threading.Event()
     widget.run()
     finished = []
@@ -117,16 +103,16 @@ def test_closing_the_viewer_mid_run_ends_the_worker(make_napari_viewer, blob_pip
     viewer.close()
     blob_pipeline.gate.set()
     qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    qtbot.wait(50)  # the widget's own finished/aborted handlers run after this one
+    assert not widget.is_running
     assert blob_pipeline.embed_calls <= 1
 
 
-def test_removing_the_image_layer_mid_run_ends_cleanly(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    image = viewer.add_image(blobs(), name="cells")
+def test_removing_the_image_layer_mid_run_ends_cleanly(docked, blob_pipeline, wait_done):
+    viewer, widget = docked(name="cells")
+    image = viewer.layers["cells"]
     mine = viewer.add_labels(np.zeros((64, 96), np.int32), name="mine")
     mine.data[0, :5] = 3
-    widget = dock(viewer)
-    widget.images.image.value = image
     blob_pipeline.gate = threading.Event()
     widget.run()
     viewer.layers.remove(image)
@@ -137,12 +123,9 @@ def test_removing_the_image_layer_mid_run_ends_cleanly(make_napari_viewer, blob_
     assert [layer.name for layer in viewer.layers] == ["mine", "cells objects"]  # from the pixels it had read
 
 
-def test_removing_the_output_layer_mid_run_ends_cleanly(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs(), name="cells")
+def test_removing_the_output_layer_mid_run_ends_cleanly(docked, blob_pipeline, wait_done):
+    viewer, widget = docked(name="cells")
     output = viewer.add_labels(np.zeros((64, 96), np.int32), name="target")
-    widget = dock(viewer)
-    widget.images.image.value = viewer.layers["cells"]
     widget.output.value = output
     blob_pipeline.gate = threading.Event()
     widget.run()
@@ -152,13 +135,10 @@ def test_removing_the_output_layer_mid_run_ends_cleanly(make_napari_viewer, blob
     assert [layer.name for layer in viewer.layers] == ["cells"]
 
 
-def test_an_exception_mid_stack_leaves_every_layer_as_it_was(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    viewer.add_image(np.stack([blobs()] * 4), name="stack")
+def test_an_exception_mid_stack_leaves_every_layer_as_it_was(docked, blob_pipeline, wait_done):
+    viewer, widget = docked(image=np.stack([blobs()] * 4), name="stack")
     mine = viewer.add_labels(np.zeros((4, 64, 96), np.int32), name="mine")
     mine.data[1, 10:20, 10:20] = 5
-    widget = dock(viewer)
-    widget.images.image.value = viewer.layers["stack"]
     widget.output.value = mine
     widget.scope.value = "stack"
     original = blob_pipeline.embed
@@ -178,12 +158,9 @@ def test_an_exception_mid_stack_leaves_every_layer_as_it_was(make_napari_viewer,
     assert blob_pipeline.embed_calls == 2
 
 
-def test_a_2d_image_with_3d_labels_of_another_shape_is_refused(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs(), name="flat")
+def test_a_2d_image_with_3d_labels_of_another_shape_is_refused(docked, blob_pipeline, wait_done):
+    viewer, widget = docked(name="flat")
     volume = viewer.add_labels(np.ones((3, 64, 96), np.uint8), name="volume")
-    widget = dock(viewer)
-    widget.images.image.value = viewer.layers["flat"]
     widget.output.value = volume
     before = snapshot(viewer)
     widget.run()
@@ -195,12 +172,9 @@ def test_a_2d_image_with_3d_labels_of_another_shape_is_refused(make_napari_viewe
     assert_unchanged(viewer, before)
 
 
-def test_labels_with_another_scale_are_refused(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs(), name="cells", scale=(0.5, 0.5))
+def test_labels_with_another_scale_are_refused(docked, blob_pipeline, wait_done):
+    viewer, widget = docked(name="cells", scale=(0.5, 0.5))
     other = viewer.add_labels(np.zeros((64, 96), np.int32), name="other", scale=(2, 2))
-    widget = dock(viewer)
-    widget.images.image.value = viewer.layers["cells"]
     widget.output.value = other
     before = snapshot(viewer)
     widget.run()
@@ -212,13 +186,10 @@ def test_labels_with_another_scale_are_refused(make_napari_viewer, blob_pipeline
     assert_unchanged(viewer, before)
 
 
-def test_labels_dtype_too_small_is_widened_never_wrapped(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs(), name="cells")
+def test_labels_dtype_too_small_is_widened_never_wrapped(docked, blob_pipeline, wait_done):
+    viewer, widget = docked(name="cells")
     full = viewer.add_labels(np.zeros((64, 96), np.uint8), name="full")
     full.data[60:, 90:] = 255
-    widget = dock(viewer)
-    widget.images.image.value = viewer.layers["cells"]
     widget.output.value = full
     widget.run()
     wait_done(widget)
@@ -228,10 +199,8 @@ def test_labels_dtype_too_small_is_widened_never_wrapped(make_napari_viewer, blo
     assert int(full.data[20, 20]) == 256 and int(full.data[40, 60]) == 257
 
 
-def test_points_layer_without_points_says_what_to_do(make_napari_viewer, blob_pipeline):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
-    widget = dock(viewer, "Segment anything")
+def test_points_layer_without_points_says_what_to_do(docked, blob_pipeline):
+    viewer, widget = docked("Segment anything")
     widget.points.reset_choices()
     widget.points.value = viewer.add_points(ndim=2, name="empty")
     before = snapshot(viewer)
@@ -241,14 +210,12 @@ def test_points_layer_without_points_says_what_to_do(make_napari_viewer, blob_pi
     assert_unchanged(viewer, before)
 
 
-def test_shapes_layer_with_only_lines_and_paths_says_what_to_do(make_napari_viewer, blob_pipeline, wait_done):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
+def test_shapes_layer_with_only_lines_and_paths_says_what_to_do(docked, blob_pipeline, wait_done):
+    viewer, widget = docked("Segment anything")
     shapes = viewer.add_shapes(
         [np.array([[10, 10], [30, 40]]), np.array([[5, 5], [5, 50], [40, 50]])], shape_type=["line", "path"],
         name="strokes",
     )
-    widget = dock(viewer, "Segment anything")
     widget.shapes.reset_choices()
     widget.shapes.value = shapes
     before = snapshot(viewer)
@@ -259,66 +226,32 @@ def test_shapes_layer_with_only_lines_and_paths_says_what_to_do(make_napari_view
     assert_unchanged(viewer, before)
 
 
-def test_trust_checkbox_reaches_the_pipeline(make_napari_viewer, blob_pipeline, wait_done, tmp_path, monkeypatch):
-    """Without the box ticked the unknown detector is refused with a message naming the box."""
-    from napari_mobilesamv2.models.download import CACHE_ENV
+def test_trust_checkbox_reaches_the_pipeline(docked, blob_pipeline, pipeline_factory, wait_done, weights_cache):
+    """Unticked, the unknown detector is refused with a message naming the box; ticked, it is loaded
+    (in the worker, as MobileSAMv2 does) with a warning shown as a notification."""
     from napari_mobilesamv2.models.weights import load_checked_detector
 
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # nothing pinned: the file is unknown
     asked = []
 
     def factory(encoder, device, trust_weights):
         asked.append(trust_weights)
-        load_checked_detector(DETECTOR_FIXTURE, trust_weights=trust_weights)
+        load_checked_detector(DETECTOR_FIXTURE, trust_weights=trust_weights)  # nothing pinned: the file is unknown
         return blob_pipeline
 
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
-    widget = dock(viewer)
-    set_pipeline_factory(factory)
-    try:
-        widget.run()
-        wait_done(widget)
-        assert "or tick 'Trust weights' in napari" in widget.last_error and len(viewer.layers) == 1
-        widget.model.trust_weights.value = True
-        widget.run()
-        wait_done(widget)
-    finally:
-        set_pipeline_factory(None)
+    viewer, widget = docked()
+    pipeline_factory(factory)
+    count = len(notification_manager.records)
+    widget.run()
+    wait_done(widget)
+    assert "--trust-weights (CLI) or trust_weights=True (Python), or tick 'Trust weights' in napari" in (
+        widget.last_error
+    )
+    assert len(viewer.layers) == 1
+    widget.model.trust_weights.value = True
+    widget.run()
+    wait_done(widget)
     assert asked == [False, True]
     assert widget.last_error is None and isinstance(viewer.layers[-1], Labels)
-
-
-def test_trust_warning_is_shown_as_a_notification(
-    make_napari_viewer, blob_pipeline, wait_done, tmp_path, monkeypatch
-):
-    """The factory unpickles the (unpinned) detector fixture the way MobileSAMv2 does, in the worker."""
-    from napari_mobilesamv2.models.download import CACHE_ENV
-    from napari_mobilesamv2.models.weights import load_checked_detector
-
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # nothing pinned: the file is unknown
-    asked = []
-
-    def factory(encoder, device, trust_weights):
-        asked.append(trust_weights)
-        load_checked_detector(DETECTOR_FIXTURE, trust_weights=trust_weights)
-        return blob_pipeline
-
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
-    widget = dock(viewer)
-    set_pipeline_factory(factory)
-    try:
-        count = len(notification_manager.records)
-        widget.run()
-        wait_done(widget)
-        assert "--trust-weights (CLI) or trust_weights=True (Python), or tick 'Trust weights'" in widget.last_error
-        assert len(viewer.layers) == 1
-        widget.model.trust_weights.value = True
-        widget.run()
-        wait_done(widget)
-    finally:
-        set_pipeline_factory(None)
-    assert asked == [False, True]
-    assert any("a pickle can run arbitrary code, so use only files" in m for m in messages_since(count)), messages_since(count)
-    assert isinstance(viewer.layers[-1], Labels)
+    assert any("a pickle can run arbitrary code, so use only files" in m for m in messages_since(count)), (
+        messages_since(count)
+    )

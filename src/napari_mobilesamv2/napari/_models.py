@@ -15,10 +15,11 @@ from collections.abc import Callable, Hashable
 
 from ..embedding import ImageEmbedding
 from ..pipeline import MobileSAMv2
+from ..protocols import SegmentationPipeline
 from ._qt_env import forget_opencv_qt_paths
 
-#: ``factory(encoder, device, trust_weights) -> MobileSAMv2``
-PipelineFactory = Callable[[str, str, bool], MobileSAMv2]
+#: ``factory(encoder, device, trust_weights) -> SegmentationPipeline``
+PipelineFactory = Callable[[str, str, bool], SegmentationPipeline]
 
 
 def default_factory(encoder: str, device: str, trust_weights: bool) -> MobileSAMv2:
@@ -27,7 +28,7 @@ def default_factory(encoder: str, device: str, trust_weights: bool) -> MobileSAM
 
 
 _factory: PipelineFactory = default_factory
-_pipelines: dict[tuple[str, str], MobileSAMv2] = {}
+_pipelines: dict[tuple[str, str], SegmentationPipeline] = {}
 _lock = threading.Lock()
 
 
@@ -47,7 +48,7 @@ def set_pipeline_factory(factory: PipelineFactory | None) -> None:
     EMBEDDINGS.clear()
 
 
-def get_pipeline(encoder: str, device: str = "auto", trust_weights: bool = False) -> MobileSAMv2:
+def get_pipeline(encoder: str, device: str = "auto", trust_weights: bool = False) -> SegmentationPipeline:
     """The pipeline for (encoder, device), built by the current factory on first use."""
     key = (encoder, device)
     with _lock:

@@ -11,6 +11,7 @@ from ..options import OptionInfo
 
 QT_INT_MAX = 2**31 - 1  # Qt spin boxes hold 32-bit integers
 FLOAT_STEP = 0.05
+FLOAT_RESOLUTION = 0.01  # Qt's float spin boxes show two decimals: the least value above an excluded minimum
 
 
 def option_widget(info: OptionInfo) -> Widget:
@@ -24,11 +25,12 @@ def option_widget(info: OptionInfo) -> Widget:
         return CheckBox(name=info.name, text=label, value=info.default, tooltip=tooltip)
     if info.type is int:
         low, high = int(spec.minimum), min(int(spec.maximum or QT_INT_MAX), QT_INT_MAX)
-        widget = SpinBox(name=info.name, label=label, min=low - info.optional, max=high, tooltip=tooltip,
-                         value=low - 1 if info.default is None else info.default)
-        step = 1
+        widget = SpinBox(name=info.name, label=label, min=low - info.optional, max=high, step=spec.multiple_of or 1,
+                         tooltip=tooltip, value=low - 1 if info.default is None else info.default)
     else:
         low, high = float(spec.minimum), float(spec.maximum)
+        if spec.minimum_exclusive:
+            low += FLOAT_RESOLUTION
         step = FLOAT_STEP if high - low <= 4 else 1.0
         bottom = low - step if info.optional else low
         widget = FloatSpinBox(name=info.name, label=label, min=bottom, max=high, step=step, tooltip=tooltip,

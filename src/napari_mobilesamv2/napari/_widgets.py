@@ -221,10 +221,13 @@ class JobWidget(Container):
         worker.start()
 
     def _show_progress(self, bar, step: Progress) -> None:
+        # The status first: napari's progress bar processes pending Qt events while it
+        # updates, so the run's later steps and its end may be handled inside the lines
+        # below; their status must not be overwritten by this older one.
+        self._set_status(f"running: {step.detail or step.stage}")
         bar.total = step.total
         bar.n = step.done
         bar.set_description(step.detail[:80] or step.stage)
-        self._set_status(f"running: {step.detail or step.stage}")
 
     def cancel(self) -> None:
         """Stop the running job at its next step; no layer is changed."""
@@ -313,14 +316,11 @@ class SegmentEverythingWidget(JobWidget):
         self.link_iou.visible = self.scope.value == "stack"
 
     def settings(self) -> dict:
-        """Every setting that applies, as keywords of :func:`~.api.segment_everything`."""
-        strategy = self.strategy.value
-        chosen = {"strategy": strategy, "link_iou": self.link_iou.value}
-        for form in (self.main_options, self.advanced):
-            chosen.update({
-                name: value for name, value in form.values().items()
-                if strategy in form.infos[name].spec.strategies
-            })
+        """Every setting that applies to the chosen strategy and scope, as keywords of
+        :func:`~.api.segment_everything` (the advanced ones apply also while folded away)."""
+        chosen = {"strategy": self.strategy.value, **self._applying(self.strategy.value)}
+        if self.scope.value == "stack":
+            chosen["link_iou"] = self.link_iou.value
         return {**self.images.settings(), **self.model.settings(), **chosen}
 
     def run(self) -> None:
@@ -352,13 +352,14 @@ class SegmentEverythingWidget(JobWidget):
 
     def _box_settings(self) -> dict:
         """Settings of the object-aware strategy, whatever strategy is chosen (boxes come from the detector)."""
-        settings = {**self.images.settings(), **self.model.settings()}
-        for form in (self.main_options, self.advanced):
-            settings.update({
-                name: value for name, value in form.values().items()
-                if "object-aware" in form.infos[name].spec.strategies and "grid" not in form.infos[name].spec.strategies
-            })
-        return settings
+        return {**self.images.settings(), **self.model.settings(), **self._applying("object-aware")}
+
+    def _applying(self, strategy: str) -> dict:
+        """The values of the main and advanced settings that apply to `strategy`."""
+        return {
+            name: value for form in (self.main_options, self.advanced) for name, value in form.values().items()
+            if strategy in form.infos[name].spec.strategies
+        }
 
     def _pick_boxes(self, layer: Shapes) -> None:
         self.boxes.reset_choices()
@@ -387,12 +388,9 @@ class SegmentAnythingWidget(JobWidget):
         self.negative.changed.connect(self._apply_point_sign)
         self.points.changed.connect(self._apply_point_sign)
         self.run_button.changed.connect(self.run)
-        bindings = {
-            RUN_ANYTHING_KEY: lambda _viewer: self.run(),
-            TOGGLE_NEGATIVE_KEY: lambda _viewer: self._toggle_negative(),
-        }
+        bindings = {RUN_ANYTHING_KEY: _KeyAction(self.run), TOGGLE_NEGATIVE_KEY: _KeyAction(self._toggle_negative)}
         for key, action in bindings.items():
-            viewer.bind_key(key, action, overwrite=True)
+            action.replaced = viewer.bind_key(key, action, overwrite=True)
         self._on_close.append(partial(_unbind_keys, viewer, bindings))
         self._used = (np.zeros(0, int), np.zeros(0, int))
 
@@ -472,11 +470,36 @@ def _show_warning(showwarning_args: tuple) -> None:
     show_warning(str(showwarning_args[0]))
 
 
-def _unbind_keys(viewer, bindings: dict, *_) -> None:
-    """Remove our key bindings when the widget goes, leaving any others in place."""
+class _KeyAction:
+    """A widget's key binding; remembers the binding it replaced, to give it back on closing."""
+
+    def __init__(self, call: Callable[[], None]):
+        self.call = call
+        self.replaced: Callable | None = None
+        self.closed = False
+
+    def __call__(self, _viewer) -> None:
+        if not self.closed:
+            self.call()
+
+
+def _unbind_keys(viewer, bindings: dict[str, _KeyAction], *_) -> None:
+    """Remove our key bindings when the widget goes and give back the ones they replaced.
+
+    A binding made on top of ours (e.g. by a second dock) stays; one of a closed dock
+    is skipped in favour of the binding that dock replaced.
+    """
     for key, action in bindings.items():
-        previous = viewer.bind_key(key, None)
-        if previous is not None and previous is not action:
+        action.closed = True
+        current = viewer.bind_key(key, None)
+        if current is not action:
+            if current is not None:
+                viewer.bind_key(key, current)
+            continue
+        previous = action.replaced
+        while isinstance(previous, _KeyAction) and previous.closed:
+            previous = previous.replaced
+        if previous is not None:
             viewer.bind_key(key, previous)
 
 

@@ -25,7 +25,7 @@ from .. import engine
 from ..decode.labels import ID_POLICIES
 from ..errors import InputError
 from ..options import EverythingOptions, ImageOptions, ModelOptions
-from ..pipeline import MobileSAMv2
+from ..protocols import SegmentationPipeline
 from ..results import Segmentation
 from ..stack import linked_table
 from ._layers import (
@@ -48,7 +48,7 @@ from ._models import EMBEDDINGS, get_pipeline
 SCOPES = ("plane", "stack")
 
 
-def pipeline_for(model: ModelOptions) -> MobileSAMv2:
+def pipeline_for(model: ModelOptions) -> SegmentationPipeline:
     """The (cached) pipeline of these model settings."""
     return get_pipeline(model.encoder, model.device, model.trust_weights)
 
@@ -77,7 +77,7 @@ class Job:
     every step and returns a result that ``apply`` writes into the viewer; `total` is the
     number of planes."""
 
-    steps: Callable[[], Generator[None, None, Any]]
+    steps: Callable[[], Generator[engine.Progress, None, Any]]
     total: int
     apply: Callable[[Any], Any]
     description: str
@@ -118,7 +118,7 @@ def prepare_everything(
     policy: str = "new_ids",
     scope: str = "plane",
     plane: Plane | None = None,
-    pipeline: MobileSAMv2 | None = None,
+    pipeline: SegmentationPipeline | None = None,
     boxes_xyxy: np.ndarray | None = None,
     box_scores: np.ndarray | None = None,
     name: str | None = None,
@@ -164,7 +164,7 @@ def segment_everything(
     policy: str = "new_ids",
     scope: str = "plane",
     plane: Plane | None = None,
-    pipeline: MobileSAMv2 | None = None,
+    pipeline: SegmentationPipeline | None = None,
     name: str | None = None,
     **settings,
 ) -> Labels:
@@ -187,8 +187,9 @@ def segment_everything(
         linked through z/t by mask IoU, see `link_iou`).
     plane : tuple of int, optional
         Index along each stack axis; default: the viewer's current position.
-    pipeline : MobileSAMv2, optional
-        Use this pipeline instead of building one from `encoder` and `device`.
+    pipeline : SegmentationPipeline, optional
+        Use this pipeline (a :class:`~napari_mobilesamv2.MobileSAMv2` or a stand-in)
+        instead of building one from `encoder` and `device`.
     name : str, optional
         Name of a new labels layer (default ``"<image> objects"``).
     **settings
@@ -211,18 +212,18 @@ def segment_everything(
     ).run()
 
 
-def _load(pipeline: MobileSAMv2 | None, model: ModelOptions) -> engine.Steps[MobileSAMv2]:
+def _load(pipeline: SegmentationPipeline | None, model: ModelOptions) -> engine.Steps[SegmentationPipeline]:
     """The pipeline to use, loading it (a step of its own: it may download weights)."""
     pipe = pipeline or pipeline_for(model)
     yield engine.Progress("models", 0, 1, f"models ready ({getattr(pipe, 'encoder_name', 'custom')})")
     return pipe
 
 
-def _plane_embedding(pipeline: MobileSAMv2, view: ImageView, plane: Plane, pixels: np.ndarray):
+def _plane_embedding(pipeline: SegmentationPipeline, view: ImageView, plane: Plane, pixels: np.ndarray):
     return cached_embedding(pipeline, view, plane, pixels)
 
 
-def cached_embedding(pipeline: MobileSAMv2, view: ImageView, plane: Plane, image: np.ndarray | None = None):
+def cached_embedding(pipeline: SegmentationPipeline, view: ImageView, plane: Plane, image: np.ndarray | None = None):
     """The image embedding of `plane`, computed once per layer, plane and conversion."""
     key = (id(pipeline), *view.cache_key(plane))
 
@@ -287,7 +288,7 @@ def prepare_anything(
     output: Labels | None = None,
     policy: str = "new_ids",
     plane: Plane | None = None,
-    pipeline: MobileSAMv2 | None = None,
+    pipeline: SegmentationPipeline | None = None,
     name: str | None = None,
     **settings,
 ) -> Job:
@@ -331,7 +332,7 @@ def segment_anything(
     output: Labels | None = None,
     policy: str = "new_ids",
     plane: Plane | None = None,
-    pipeline: MobileSAMv2 | None = None,
+    pipeline: SegmentationPipeline | None = None,
     name: str | None = None,
     **settings,
 ) -> Labels:
@@ -360,7 +361,7 @@ def segment_anything(
 
 
 def prepare_show_boxes(
-    image: Image, viewer=None, *, plane: Plane | None = None, pipeline: MobileSAMv2 | None = None, **settings
+    image: Image, viewer=None, *, plane: Plane | None = None, pipeline: SegmentationPipeline | None = None, **settings
 ) -> Job:
     """A :class:`Job` that adds the detector's boxes of the current plane as rectangles."""
     model, options, image_options = split_settings(settings)
@@ -413,7 +414,7 @@ def prepare_decode_box_layer(
     output: Labels | None = None,
     policy: str = "new_ids",
     plane: Plane | None = None,
-    pipeline: MobileSAMv2 | None = None,
+    pipeline: SegmentationPipeline | None = None,
     name: str | None = None,
     **settings,
 ) -> Job:

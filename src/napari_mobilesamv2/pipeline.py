@@ -85,6 +85,7 @@ class MobileSAMv2:
         self.device = resolve_device(device)
         self.encoder_name = encoder_name
         self._encoder_id: str | None = None
+        self._encoder_file: str | os.PathLike | None = None
         self._model_id: str | None = None
         self.image_encoder = image_encoder.to(self.device).eval()
         self.prompt_encoder = prompt_encoder.to(self.device).eval()
@@ -156,7 +157,7 @@ class MobileSAMv2:
         image_encoder = model_build.load_image_encoder(encoder, files["encoder"])
         prompt_encoder, mask_decoder = model_build.load_prompt_decoder(files["decoder"])
         model = cls(image_encoder, prompt_encoder, mask_decoder, detector, device=device, encoder_name=encoder)
-        model._encoder_id = sha256_of(files["encoder"])
+        model._encoder_file = files["encoder"]
         model.detector_settings = settings
         return model
 
@@ -175,6 +176,8 @@ class MobileSAMv2:
     @property
     def encoder_id(self) -> str:
         """sha256 of the image encoder's weights file (or of its parameters): keys cached embeddings."""
+        if self._encoder_id is None and self._encoder_file is not None:
+            self._encoder_id = sha256_of(self._encoder_file)
         if self._encoder_id is None:
             from .embedding_cache import module_fingerprint
 

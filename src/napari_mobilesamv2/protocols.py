@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from .options import MAX_DETECTIONS
+from .options import BORDER_SNAP, MAX_DETECTIONS
 
 if TYPE_CHECKING:
-    from .decode.prompted import ObjectPrompt
+    from .decode.prompted import DecodedMasks, ObjectPrompt
+    from .embedding_cache import EmbeddingCache
     from .embedding import ImageEmbedding
     from .options import EverythingOptions
     from .results import Segmentation
@@ -47,9 +48,14 @@ class SegmentationPipeline(Protocol):
         """Image embedding of a prepared (H, W, 3) uint8 image."""
         ...
 
+    @property
+    def encoder_id(self) -> str:
+        """Identifies the image encoder's weights (keys cached embeddings)."""
+        ...
+
     def detect(
         self, image_rgb: np.ndarray, *, conf: float = 0.4, iou: float = 0.9, imgsz: int = 1024,
-        max_det: int = MAX_DETECTIONS,
+        max_det: int = MAX_DETECTIONS, border_threshold: float = BORDER_SNAP,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 4) xyxy box prompts and their (N,) scores, best first."""
         ...
@@ -61,9 +67,16 @@ class SegmentationPipeline(Protocol):
         *,
         embedding: ImageEmbedding | None = None,
         boxes_xyxy: np.ndarray | None = None,
+        embeddings: EmbeddingCache | None = None,
         **settings,
     ) -> Segmentation:
         """Every object of one image plane."""
+        ...
+
+    def decode_boxes(
+        self, embedding: ImageEmbedding, boxes_xyxy: np.ndarray, options: EverythingOptions | None = None
+    ) -> DecodedMasks:
+        """One mask per box on an embedded image, in box order, nothing filtered."""
         ...
 
     def segment_everything_steps(

@@ -23,7 +23,7 @@ from napari_mobilesamv2 import EverythingOptions, ImageEmbedding, InputError, ob
 from napari_mobilesamv2.decode.masks import crop_to_content
 from napari_mobilesamv2.decode.prompted import DecodedMasks, ObjectPrompt
 from napari_mobilesamv2.engine import run
-from napari_mobilesamv2.options import MAX_DETECTIONS, options_of
+from napari_mobilesamv2.options import BORDER_SNAP, MAX_DETECTIONS, options_of
 from napari_mobilesamv2.prompts.user import check_boxes, check_object, prompt_box
 from napari_mobilesamv2.results import Segmentation, build_segmentation, filter_objects, quality_mask
 
@@ -90,9 +90,13 @@ class BlobPipeline:
         grey = torch.from_numpy(_grey(image_rgb))
         return ImageEmbedding(grey, tuple(grey.shape), tuple(grey.shape))
 
+    @property
+    def encoder_id(self) -> str:
+        return "blobs"
+
     def detect(
         self, image_rgb: np.ndarray, *, conf: float = 0.4, iou: float = 0.9, imgsz: int = 1024,
-        max_det: int = MAX_DETECTIONS,
+        max_det: int = MAX_DETECTIONS, border_threshold: float = BORDER_SNAP,
     ) -> tuple[np.ndarray, np.ndarray]:
         EverythingOptions(conf=conf, iou=iou, imgsz=imgsz)  # checks the values as MobileSAMv2 does
         found = [s for s in ndimage.find_objects(self.find_regions(_grey(image_rgb))) if s is not None]
@@ -108,6 +112,7 @@ class BlobPipeline:
         *,
         embedding: ImageEmbedding | None = None,
         boxes_xyxy: np.ndarray | None = None,
+        embeddings=None,
         **settings,
     ) -> Segmentation:
         names = {info.name for info in options_of(EverythingOptions)}
@@ -117,6 +122,12 @@ class BlobPipeline:
         return run(self.segment_everything_steps(
             image, options, embedding=embedding, boxes_xyxy=boxes_xyxy, **conversion
         ))
+
+    def decode_boxes(
+        self, embedding: ImageEmbedding, boxes_xyxy: np.ndarray, options: EverythingOptions | None = None
+    ) -> DecodedMasks:
+        regions = self._regions(embedding)
+        return _decoded([_in_box(regions, box) for box in np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)])
 
     def segment_everything_steps(
         self,

@@ -20,10 +20,11 @@ def parameters(function) -> list[tuple]:
 
 def test_the_protocol_holds_what_the_engine_and_napari_call():
     assert sorted(METHODS) == [
-        "detect", "embed", "prepare_image", "segment_anything", "segment_everything", "segment_everything_steps",
-        "segment_prompts",
+        "decode_boxes", "detect", "embed", "prepare_image", "segment_anything", "segment_everything",
+        "segment_everything_steps", "segment_prompts",
     ]
     assert "encoder_name" in SegmentationPipeline.__annotations__
+    assert isinstance(vars(SegmentationPipeline)["encoder_id"], property)
 
 
 @pytest.mark.parametrize("implementation", [MobileSAMv2, BlobPipeline])

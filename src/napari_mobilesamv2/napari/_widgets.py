@@ -281,7 +281,7 @@ class SegmentEverythingWidget(JobWidget):
         )
         self.advanced = OptionsForm(
             everything[name] for name in ("imgsz", "batch_size", "exact", "min_predicted_iou", "min_stability",
-                                          "min_area")
+                                          "min_area", "tile", "overlap")
         )
         self.show_advanced = CheckBox(text="advanced settings", value=False)
         self.scope = RadioButtons(

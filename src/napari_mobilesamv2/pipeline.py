@@ -20,7 +20,13 @@ import numpy as np
 import torch
 
 from .decode.batching import default_chunk
-from .decode.prompted import DecodedMasks, ObjectPrompt, decode_boxes, decode_object_prompts, join_decoded
+from .decode.prompted import (
+    DecodedMasks,
+    ObjectPrompt,
+    decode_boxes,
+    decode_boxes_in_groups,
+    decode_object_prompts,
+)
 from .devices import CpuFallback, resolve_device
 from .embedding import ImageEmbedding, embed_image
 from .engine import embed_cached, run, segment_planes
@@ -328,19 +334,25 @@ class MobileSAMv2:
     def _decode_box_steps(
         self, embedding: ImageEmbedding, boxes_xyxy: np.ndarray, options: EverythingOptions
     ) -> Generator[tuple[str, str], None, DecodedMasks]:
-        """Decode boxes in groups of whole batches (so results equal one call's), one step per group."""
-        batch = options.batch_size or default_chunk(self.device)
-        group = batch * BATCHES_PER_STEP if self.device.type == "cpu" else max(len(boxes_xyxy), 1)
-        parts = []
-        for start in range(0, max(len(boxes_xyxy), 1), group):
-            boxes = boxes_xyxy[start:start + group]
-            parts.append(self._steps.run(
+        """Decode boxes; on a CPU in groups of whole batches (results as one call's), one step per group."""
+        if self.device.type != "cpu":  # a GPU takes all boxes in one batch; MPS may fall back to the CPU
+            decoded = self._steps.run(
                 "mask decoder", self.device,
-                lambda pe, md, device: decode_boxes(pe, md, embedding.to(device), boxes, batch, options.exact),
+                lambda pe, md, device: decode_boxes(pe, md, embedding.to(device), boxes_xyxy, options.batch_size,
+                                                    options.exact),
                 self.prompt_encoder, self.mask_decoder,
-            ))
-            yield "decoding", f"decoding boxes {start + len(boxes)} of {len(boxes_xyxy)}"
-        return join_decoded(parts)
+            )
+            yield "decoding", f"decoding boxes {len(boxes_xyxy)} of {len(boxes_xyxy)}"
+            return decoded
+        batch = options.batch_size or default_chunk(self.device)
+        groups = decode_boxes_in_groups(self.prompt_encoder, self.mask_decoder, embedding, boxes_xyxy,
+                                        batch * BATCHES_PER_STEP, batch, options.exact)
+        while True:
+            try:
+                done = next(groups)
+            except StopIteration as finished:
+                return finished.value
+            yield "decoding", f"decoding boxes {done} of {len(boxes_xyxy)}"
 
     def _segment_grid(self, embedding: ImageEmbedding, image_rgb: np.ndarray, options: EverythingOptions) -> Segmentation:
         from .prompts.grid import GRID_DEFAULTS, grid_everything

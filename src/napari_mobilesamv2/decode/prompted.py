@@ -15,6 +15,7 @@ Point prompts (:func:`decode_object_prompts`) call segment-anything's modules di
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,6 +143,35 @@ def decode_boxes(
     low_res, iou = decode_box_logits(prompt_encoder, mask_decoder, embedding, boxes_xyxy, batch_size, exact)
     crops, stability = logits_to_crops(low_res, embedding.input_size, embedding.original_size)
     return DecodedMasks(crops, iou.float().cpu().numpy(), stability, low_res)
+
+
+@torch.inference_mode()
+def decode_boxes_in_groups(
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+    embedding: ImageEmbedding,
+    boxes_xyxy: np.ndarray,
+    group: int,
+    batch_size: int | None = None,
+    exact: bool = False,
+) -> Generator[int, None, DecodedMasks]:
+    """:func:`decode_boxes` a group of boxes at a time, yielding the number of boxes done after each.
+
+    One decoder serves every group (the per-image work is done once). With `group` a
+    multiple of `batch_size` the batches are those of one :func:`decode_boxes` call, so
+    the logits are the same bit for bit.
+    """
+    device = embedding.device
+    batch_size = default_chunk(device) if batch_size is None else max(1, int(batch_size))
+    decoder = (ExactBoxDecoder if exact else FoldedBoxDecoder)(prompt_encoder, mask_decoder, embedding)
+    boxes = torch.from_numpy(transform_boxes(boxes_xyxy, embedding.original_size)).to(device)
+    parts = []
+    for start in range(0, max(len(boxes), 1), max(1, int(group))):
+        low_res, iou = decoder.decode(boxes[start:start + group], chunk=batch_size)
+        crops, stability = logits_to_crops(low_res, embedding.input_size, embedding.original_size)
+        parts.append(DecodedMasks(crops, iou.float().cpu().numpy(), stability, low_res))
+        yield min(start + group, len(boxes))
+    return join_decoded(parts)
 
 
 @dataclass(frozen=True)

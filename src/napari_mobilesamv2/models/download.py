@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import pooch
 
-from ..errors import IntegrityError, WeightsUnavailableError
+from ..errors import IntegrityError, OutputError, WeightsUnavailableError
 from .registry import WeightFile, human_url, weight_file
 
 log = logging.getLogger(__name__)
@@ -363,13 +363,13 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict, *, required: bool) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    from ..io import atomic_write
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    except (OSError, OutputError) as exc:
         if required:
             raise WeightsUnavailableError(f"cannot write {path}: {exc}") from exc
         log.debug("could not update %s: %s", path, exc)

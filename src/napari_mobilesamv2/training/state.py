@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..io import atomic_write
 from ..errors import CheckpointError, OutputError, UntrustedWeightsError
 from ..models.checkpoints import load_strict
 from ..models.detector import (
@@ -190,28 +191,19 @@ def save_detector_state(state: Mapping, path: str | os.PathLike) -> Path:
         from this call and an existing file there is kept as it was.
     """
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
     try:
-        torch.save(dict(state), partial)
-        os.replace(partial, path)
-    except (OSError, RuntimeError) as error:  # torch reports a full disk as RuntimeError from its zip writer
+        with atomic_write(path) as partial:
+            torch.save(dict(state), partial)
+    except RuntimeError as error:  # torch reports a full disk as RuntimeError from its zip writer
         raise OutputError(f"cannot write the detector {path}: {_os_reason(error)}; nothing was written") from None
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 
 def write_json_atomically(data: Mapping, path: str | os.PathLike) -> Path:
     """Write `data` as indented JSON through a temporary file (raises OutputError)."""
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    try:
+    with atomic_write(path) as partial:
         partial.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
-        os.replace(partial, path)
-    except OSError as error:
-        raise OutputError(f"cannot write {path}: {_os_reason(error)}; nothing was written") from None
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 

@@ -75,10 +75,24 @@ def test_user_boxes_skip_the_detector_and_are_cleaned(tiny_pipeline, cells):
     assert np.isnan(result.score).all()
 
 
-def test_grid_strategy_runs_on_the_same_embedding(tiny_pipeline, cells):
-    result = tiny_pipeline.segment_everything(cells, strategy="grid", points_per_side=4)
+def test_grid_strategy_runs_on_the_given_embedding(tiny_pipeline, cells, monkeypatch):
+    grid = {"strategy": "grid", "points_per_side": 2, "min_predicted_iou": -1.0, "min_stability": 0.0}  # keep all
+    inverted = 255 - cells
+    own = tiny_pipeline.segment_everything(cells, **grid)
+    embedding = tiny_pipeline.embed(tiny_pipeline.prepare_image(inverted))
+    expected = tiny_pipeline.segment_everything(inverted, **grid)
+
+    def no_encoder(image_rgb):
+        raise AssertionError("the image encoder ran although an embedding was given")
+
+    monkeypatch.setattr(tiny_pipeline, "embed", no_encoder)
+    result = tiny_pipeline.segment_everything(cells, embedding=embedding, **grid)
     assert result.strategy == "grid" and result.labels.shape == cells.shape
-    assert len(result) == len(result.predicted_iou) == len(result.boxes_xyxy)
+    assert len(result) == len(result.predicted_iou) == len(result.boxes_xyxy) == len(expected) > 0
+    np.testing.assert_array_equal(result.labels, expected.labels)
+    np.testing.assert_array_equal(result.predicted_iou, expected.predicted_iou)
+    np.testing.assert_array_equal(result.stability, expected.stability)
+    assert not np.array_equal(result.predicted_iou, own.predicted_iou)  # the embedding, not the image, decided
 
 
 def test_segment_anything_points_and_boxes(tiny_pipeline, cells):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import cv2  # noqa: F401  (imported first on purpose: see _napari_qt_paths)
 import pytest
+from napari.utils.notifications import notification_manager
 from standin import BlobPipeline, blobs
 
 from napari_mobilesamv2.napari import set_pipeline_factory
@@ -78,3 +79,16 @@ def wait_done(qtbot):
         qtbot.waitUntil(lambda: not widget.is_running, timeout=timeout)
 
     return wait
+
+
+@pytest.fixture
+def run_to_end(wait_done):
+    """``run_to_end(widget)`` runs the dock until its result is applied; returns the notifications shown."""
+
+    def run(widget) -> list[str]:
+        count = len(notification_manager.records)
+        widget.run()
+        wait_done(widget)
+        return [str(n.message) for n in notification_manager.records[count:]]
+
+    return run

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from conftest import PLUGIN, open_dock
 from napari.utils.key_bindings import coerce_keybinding
-from napari.utils.notifications import notification_manager
 from standin import blobs
 
 from napari_mobilesamv2 import WeightsUnavailableError
@@ -120,18 +119,15 @@ def test_cancel_changes_no_layer(docked, blob_pipeline, wait_done):
         (RuntimeError("CUDA out of memory"), "MobileSAMv2 failed: RuntimeError: CUDA out of memory"),
     ],
 )
-def test_errors_are_notifications_and_change_no_layer(docked, pipeline_factory, wait_done, error, shown):
+def test_errors_are_notifications_and_change_no_layer(docked, pipeline_factory, run_to_end, error, shown):
     def factory(encoder, device, trust_weights):
         raise error
 
     viewer, widget = docked()
     pipeline_factory(factory)
-    before = len(notification_manager.records)
-    widget.run()
-    wait_done(widget)
+    assert run_to_end(widget) == [shown]
     assert widget.last_error == shown
     assert len(viewer.layers) == 1
-    assert [str(n.message) for n in notification_manager.records[before:]] == [shown]
 
 
 def test_input_errors_are_reported_before_running(docked, blob_pipeline):
@@ -188,15 +184,21 @@ def test_segment_anything_without_prompts_says_what_to_do(docked, blob_pipeline)
     assert widget.output.value is None and len(viewer.layers) == 3
 
 
-def test_closing_the_widgets_releases_keys_and_events(make_napari_viewer, qtbot):
+def users_own(_viewer):
+    """A key binding of the user's."""
+
+
+@pytest.fixture
+def users_keys(make_napari_viewer):
+    """A viewer with an image where the user bound a key the anything dock uses; ``(viewer, keymap)``."""
     viewer = make_napari_viewer()
     viewer.add_image(blobs())
-
-    def users_own(_viewer):
-        pass
-
     viewer.bind_key(TOGGLE_NEGATIVE_KEY, users_own)
-    before = dict(viewer.keymap)
+    return viewer, dict(viewer.keymap)
+
+
+def test_closing_the_widgets_releases_keys_and_events(users_keys, qtbot):
+    viewer, before = users_keys
     dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment anything")
     assert all(key in viewer.keymap for key in WIDGET_KEYS)
     assert viewer.keymap[WIDGET_KEYS[1]] is not users_own
@@ -205,15 +207,8 @@ def test_closing_the_widgets_releases_keys_and_events(make_napari_viewer, qtbot)
     viewer.layers.selection.active = viewer.add_image(blobs(), name="another")  # no callback into a dead widget
 
 
-def test_a_second_anything_dock_takes_the_keys_and_gives_them_back(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs())
-
-    def users_own(_viewer):
-        pass
-
-    viewer.bind_key(TOGGLE_NEGATIVE_KEY, users_own)
-    before = dict(viewer.keymap)
+def test_a_second_anything_dock_takes_the_keys_and_gives_them_back(users_keys, qtbot):
+    viewer, before = users_keys
     first_dock, first = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment anything")
     second = SegmentAnythingWidget(viewer)  # the manifest opens one of each: a second one by hand
     second_dock = viewer.window.add_dock_widget(second, name="second")
@@ -225,7 +220,7 @@ def test_a_second_anything_dock_takes_the_keys_and_gives_them_back(make_napari_v
     qtbot.waitUntil(lambda: dict(viewer.keymap) == before, timeout=5000)
 
 
-def test_warnings_from_the_worker_are_notifications(docked, blob_pipeline, pipeline_factory, wait_done):
+def test_warnings_from_the_worker_are_notifications(docked, blob_pipeline, pipeline_factory, run_to_end):
     import warnings
 
     def factory(encoder, device, trust_weights):
@@ -234,11 +229,6 @@ def test_warnings_from_the_worker_are_notifications(docked, blob_pipeline, pipel
 
     viewer, widget = docked()
     pipeline_factory(factory)
-    before = len(notification_manager.records)
-    widget.run()
-    wait_done(widget)
-    assert [str(n.message) for n in notification_manager.records[before:]] == [
-        "loading an unknown detector because you trust it"
-    ]
+    assert run_to_end(widget) == ["loading an unknown detector because you trust it"]
     assert widget.last_error is None and len(viewer.layers) == 2
 

@@ -51,7 +51,7 @@ def assert_unchanged(viewer, before: list[tuple]) -> None:
     ],
 )
 def test_bad_image_or_setting_is_a_notification_and_changes_nothing(
-    make_napari_viewer, tiny_factory, wait_done, make_image, settings, message
+    make_napari_viewer, tiny_factory, run_to_end, make_image, settings, message
 ):
     viewer = make_napari_viewer()
     make_image(viewer)
@@ -60,11 +60,10 @@ def test_bad_image_or_setting_is_a_notification_and_changes_nothing(
     viewer.layers.selection.active = viewer.layers[0]
     for name, value in settings.items():
         getattr(widget.images, name).value = value
-    before, count = snapshot(viewer), len(notification_manager.records)
-    widget.run()
-    wait_done(widget)
+    before = snapshot(viewer)
+    shown = run_to_end(widget)
     assert message in widget.last_error
-    assert any(message in m for m in messages_since(count))
+    assert shown == [widget.last_error]
     assert_unchanged(viewer, before)
     assert existing.data.max() == 6
 
@@ -135,7 +134,7 @@ def test_removing_the_output_layer_mid_run_ends_cleanly(docked, blob_pipeline, w
     assert [layer.name for layer in viewer.layers] == ["cells"]
 
 
-def test_an_exception_mid_stack_leaves_every_layer_as_it_was(docked, blob_pipeline, wait_done):
+def test_an_exception_mid_stack_leaves_every_layer_as_it_was(docked, blob_pipeline, run_to_end):
     viewer, widget = docked(image=np.stack([blobs()] * 4), name="stack")
     mine = viewer.add_labels(np.zeros((4, 64, 96), np.int32), name="mine")
     mine.data[1, 10:20, 10:20] = 5
@@ -149,11 +148,9 @@ def test_an_exception_mid_stack_leaves_every_layer_as_it_was(docked, blob_pipeli
         return original(rgb)
 
     blob_pipeline.embed = embed_fails_on_the_third_plane
-    before, count = snapshot(viewer), len(notification_manager.records)
-    widget.run()
-    wait_done(widget)
+    before = snapshot(viewer)
+    assert run_to_end(widget) == ["MobileSAMv2 failed: RuntimeError: device lost"]
     assert widget.last_error == "MobileSAMv2 failed: RuntimeError: device lost"
-    assert messages_since(count) == ["MobileSAMv2 failed: RuntimeError: device lost"]
     assert_unchanged(viewer, before)
     assert blob_pipeline.embed_calls == 2
 
@@ -226,7 +223,7 @@ def test_shapes_layer_with_only_lines_and_paths_says_what_to_do(docked, blob_pip
     assert_unchanged(viewer, before)
 
 
-def test_trust_checkbox_reaches_the_pipeline(docked, blob_pipeline, pipeline_factory, wait_done, weights_cache):
+def test_trust_checkbox_reaches_the_pipeline(docked, blob_pipeline, pipeline_factory, run_to_end, weights_cache):
     """Unticked, the unknown detector is refused with a message naming the box; ticked, it is loaded
     (in the worker, as MobileSAMv2 does) with a warning shown as a notification."""
     from napari_mobilesamv2.models.weights import load_checked_detector
@@ -240,18 +237,13 @@ def test_trust_checkbox_reaches_the_pipeline(docked, blob_pipeline, pipeline_fac
 
     viewer, widget = docked()
     pipeline_factory(factory)
-    count = len(notification_manager.records)
-    widget.run()
-    wait_done(widget)
+    assert run_to_end(widget) == [widget.last_error]
     assert "--trust-weights (CLI) or trust_weights=True (Python), or tick 'Trust weights' in napari" in (
         widget.last_error
     )
     assert len(viewer.layers) == 1
     widget.model.trust_weights.value = True
-    widget.run()
-    wait_done(widget)
+    shown = run_to_end(widget)
     assert asked == [False, True]
     assert widget.last_error is None and isinstance(viewer.layers[-1], Labels)
-    assert any("a pickle can run arbitrary code, so use only files" in m for m in messages_since(count)), (
-        messages_since(count)
-    )
+    assert len(shown) == 1 and "a pickle can run arbitrary code, so use only files" in shown[0], shown

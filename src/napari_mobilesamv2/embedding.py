@@ -65,8 +65,13 @@ def preprocess(image_rgb: np.ndarray, device: torch.device | str = "cpu") -> tup
 
 @torch.inference_mode()
 def embed_image(encoder: torch.nn.Module, image_rgb: np.ndarray) -> ImageEmbedding:
-    """Run the image encoder on an (H, W, 3) uint8 RGB image."""
+    """Run the image encoder on an (H, W, 3) uint8 RGB image.
+
+    The features are returned in one memory layout (C-contiguous) whatever the encoder
+    produced: the decoder's arithmetic follows the layout, so an embedding read back from
+    the on-disk cache gives exactly the masks of a freshly computed one.
+    """
     device = next(encoder.parameters()).device
     x, input_size = preprocess(image_rgb, device)
-    features = encoder(x)
+    features = encoder(x).contiguous()
     return ImageEmbedding(features, input_size, (int(image_rgb.shape[0]), int(image_rgb.shape[1])))

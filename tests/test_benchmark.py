@@ -40,8 +40,7 @@ def test_large_image_benchmark_runs_the_cli_twice_and_writes_its_json(tmp_path, 
     summary = json.loads(out.read_text())
     run, = summary["runs"]
     assert run["size"] == 300 and run["tiles"] == 4  # 2 x 2 tiles of 256 px
-    assert run["labels_equal"] == (run["label_pixels_differing"] == 0)
-    assert 0 <= run["label_pixels_differing"] < 300 * 300 // 1000  # cached embeddings: (nearly) the same labels
+    assert run["labels_equal"] and run["label_pixels_differing"] == 0  # cached embeddings: the same labels
     assert run["cold"]["objects"] == run["cached"]["objects"] and run["cold"]["objects"] >= 0
     for name in ("cold", "cached"):
         assert run[name]["seconds"] > 0 and run[name]["peak_rss_mb"] > 100  # torch alone takes more

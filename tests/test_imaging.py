@@ -86,5 +86,5 @@ def test_bad_shapes(shape, message):
 
 def test_huge_image_is_refused_before_allocation():
     huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=(20000, 20000), strides=(0, 0))
-    with pytest.raises(InputError, match="process it in tiles or downsample"):
+    with pytest.raises(InputError, match="segment it in tiles"):
         to_rgb_uint8(huge)

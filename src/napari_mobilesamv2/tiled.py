@@ -34,7 +34,7 @@ import numpy as np
 from .decode.labels import assemble_labels, paint_order
 from .decode.masks import MaskCrop
 from .decode.prompted import DecodedMasks
-from .engine import PlaneKey, Progress, Steps, embed_cached
+from .steps import PlaneKey, Progress, Steps, embed_cached
 from .imaging import intensity_ranges
 from .options import BORDER_SNAP, EverythingOptions
 from .results import Segmentation, quality_mask

@@ -63,7 +63,8 @@ def test_number_controls_give_exactly_the_cores_range(dock, name):
     else:
         assert lowest == spec.minimum
     for value in (lowest, control.max):
-        EverythingOptions(**{name: value})  # the core accepts both ends
+        others = {"overlap": 0} if name == "tile" else {}  # the overlap must stay below half the tile
+        EverythingOptions(**{name: value}, **others)  # the core accepts both ends
     if spec.multiple_of:
         assert control.step == spec.multiple_of
 
@@ -81,7 +82,8 @@ def test_every_option_shows_for_its_strategies_and_scope(dock):
 def test_advanced_settings_and_link_iou_show_on_demand(dock):
     controls = controls_of(dock)
     advanced = list(dock.advanced.controls)
-    assert advanced == ["imgsz", "batch_size", "exact", "min_predicted_iou", "min_stability", "min_area"]
+    assert advanced == ["imgsz", "batch_size", "exact", "min_predicted_iou", "min_stability", "min_area", "tile",
+                        "overlap"]
     assert not any(shown(controls[name], dock) for name in [*advanced, "link_iou"])
     assert all(shown(controls[name], dock) for name in ["strategy", "conf", "iou", "max_prompts"])
     dock.show_advanced.value = True

@@ -109,7 +109,7 @@ def test_missing_message_says_how_to_give_files_you_have(cache):
     assert message.splitlines()[-3:] == [
         "Already have the files? Give their paths: --encoder-weights, --decoder-weights, --detector-weights",
         "(command line); encoder_weights=, decoder_weights=, detector_weights= of MobileSAMv2.from_pretrained",
-        '(Python); the "Models" section of the plugin\'s dock (napari). Or set NAPARI_MOBILESAMV2_CACHE to their folder.',
+        "(Python). For napari, copy them into the folder named above, or set NAPARI_MOBILESAMV2_CACHE to their folder.",
     ]
 
 

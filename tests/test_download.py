@@ -58,10 +58,11 @@ def cache(weights_cache):
 
 
 def test_download_with_published_hash_then_served_from_cache(server, cache, monkeypatch):
-    register_weight_urls(monkeypatch, "mobile_sam.pt", f"{server}/file.bin", sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    sha256 = hashlib.sha256(PAYLOAD).hexdigest()
+    register_weight_urls(monkeypatch, "mobile_sam.pt", f"{server}/file.bin", sha256=sha256)
     path = download.fetch("mobile_sam.pt", progressbar=False)
     assert path == cache / "mobile_sam.pt" and path.read_bytes() == PAYLOAD
-    register_weight_urls(monkeypatch, "mobile_sam.pt", "http://127.0.0.1:9/unreachable", sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    register_weight_urls(monkeypatch, "mobile_sam.pt", "http://127.0.0.1:9/unreachable", sha256=sha256)
     assert download.fetch("mobile_sam.pt", progressbar=False) == path
     assert "ok" in download.verify("mobile_sam.pt")
 

@@ -18,12 +18,10 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FloatSpinBox,
     Label,
     LineEdit,
     PushButton,
     RadioButtons,
-    SpinBox,
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker

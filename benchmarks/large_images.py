@@ -17,7 +17,9 @@ YOLOv8x-seg-sized one with ``--detector full``).
 
 Prints a table and writes JSON with ``runs`` (one entry per size: seconds, seconds per
 megapixel, peak RSS, objects, tiles for the cold and cached runs, and whether both runs wrote
-the same labels), ``settings``, ``machine`` and the load average before and after.
+the same labels), ``strategies_on_tiles`` (object-aware against a grid search on the same
+tiles of the smallest mosaic, each tile embedded once), ``settings``, ``machine`` and the load
+average before and after.
 """
 
 from __future__ import annotations
@@ -200,6 +202,45 @@ def measure_size(size: int, weights: dict[str, Path], folder: Path, args: argpar
     }
 
 
+def strategies_on_tiles(size: int, weights: dict[str, Path], folder: Path, args: argparse.Namespace) -> dict:
+    """Object-aware against grid search on the same tiles of one mosaic, in this process.
+
+    Each tile is embedded once; both strategies then decode on that embedding, so the
+    figures compare prompting and decoding alone (embedding time is reported apart).
+    """
+    import tifffile
+    import torch
+
+    from napari_mobilesamv2 import EverythingOptions, MobileSAMv2, to_rgb_uint8
+    from napari_mobilesamv2.tiling import tile_grid
+
+    pipeline = MobileSAMv2.from_pretrained(
+        args.encoder, encoder_weights=weights["encoder"], decoder_weights=weights["decoder"],
+        detector_weights=weights["detector"], device=args.device, trust_weights=True, download=False)
+    image = tifffile.imread(folder / f"mosaic_{size}.tif")
+    tiles = tile_grid(image.shape, args.tile, args.overlap)
+    options = {"object-aware": EverythingOptions(),
+               "grid": EverythingOptions(strategy="grid", points_per_side=args.grid_points)}
+    seconds = {"embedding": 0.0, **{name: 0.0 for name in options}}
+    objects = {name: 0 for name in options}
+    synchronize = torch.cuda.synchronize if torch.device(pipeline.device).type == "cuda" else (lambda: None)
+    for tile in tiles:
+        rgb = to_rgb_uint8(image[tile.y0:tile.y1, tile.x0:tile.x1])
+        synchronize()
+        start = time.perf_counter()
+        embedding = pipeline.embed(rgb)
+        synchronize()
+        seconds["embedding"] += time.perf_counter() - start
+        for name, chosen in options.items():
+            start = time.perf_counter()
+            found = pipeline.segment_everything(rgb, chosen, embedding=embedding)
+            synchronize()
+            seconds[name] += time.perf_counter() - start
+            objects[name] += int(found.labels.max())
+    return {"size": size, "tiles": len(tiles), "grid_points_per_side": args.grid_points, "seconds": seconds,
+            "objects_before_cross_tile_merge": objects, "grid_over_object_aware": seconds["grid"] / seconds["object-aware"]}
+
+
 def machine_description() -> dict:
     import psutil
     import torch
@@ -228,6 +269,17 @@ def report(summary: dict) -> None:
               f"{cold['seconds_per_megapixel']:.2f} | {cold['peak_rss_mb']:.0f} | {cached['seconds']:.1f} | "
               f"{row['cached_time_fraction']:.2f} | {cached['peak_rss_mb']:.0f} | "
               f"{same} |")
+    same_tiles = summary.get("strategies_on_tiles")
+    if same_tiles:
+        seconds = same_tiles["seconds"]
+        print(f"\nsame {same_tiles['tiles']} tiles of the {same_tiles['size']}² mosaic, one embedding per tile "
+              f"({seconds['embedding']:.1f} s in all):")
+        print("| strategy | seconds (prompting + decoding, all tiles) | objects (before cross-tile merge) |")
+        print("|---|---:|---:|")
+        for name in ("object-aware", "grid"):
+            print(f"| {name}{' ' + str(same_tiles['grid_points_per_side']) + '²' if name == 'grid' else ''} | "
+                  f"{seconds[name]:.1f} | {same_tiles['objects_before_cross_tile_merge'][name]} |")
+        print(f"grid / object-aware: {same_tiles['grid_over_object_aware']:.1f}x")
 
 
 def main(argv=None) -> dict:
@@ -241,6 +293,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--detector", default="tiny", choices=("tiny", "full"),
                         help="tiny: the tests' ObjectAwareModel-format fixture; full: YOLOv8x-seg-sized")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--grid-points", type=int, default=32,
+                        help="points per side of the grid search compared on the same tiles (0: skip)")
     parser.add_argument("--workdir", type=Path, help="keep images and outputs here (default: a temporary folder)")
     args = parser.parse_args(argv)
 
@@ -259,6 +313,8 @@ def main(argv=None) -> dict:
         weights = write_weights(folder, args.encoder, args.detector)
         for size in args.sizes:
             summary["runs"].append(measure_size(size, weights, folder, args))
+        if args.grid_points and args.sizes:
+            summary["strategies_on_tiles"] = strategies_on_tiles(min(args.sizes), weights, folder, args)
     summary["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     report(summary)
     if args.json:

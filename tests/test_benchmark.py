@@ -36,9 +36,13 @@ def test_large_image_benchmark_runs_the_cli_twice_and_writes_its_json(tmp_path, 
     spec.loader.exec_module(benchmark)
     out = tmp_path / "large.json"
     benchmark.main(["--json", str(out), "--sizes", "300", "--tile", "256", "--overlap", "64",
-                    "--workdir", str(tmp_path)])
+                    "--grid-points", "2", "--workdir", str(tmp_path)])
     summary = json.loads(out.read_text())
     run, = summary["runs"]
+    same_tiles = summary["strategies_on_tiles"]
+    assert same_tiles["tiles"] == 4 and same_tiles["grid_points_per_side"] == 2
+    assert all(same_tiles["seconds"][name] > 0 for name in ("embedding", "object-aware", "grid"))
+    assert same_tiles["grid_over_object_aware"] == same_tiles["seconds"]["grid"] / same_tiles["seconds"]["object-aware"]
     assert run["size"] == 300 and run["tiles"] == 4  # 2 x 2 tiles of 256 px
     assert run["labels_equal"] and run["label_pixels_differing"] == 0  # cached embeddings: the same labels
     assert run["cold"]["objects"] == run["cached"]["objects"] and run["cold"]["objects"] >= 0
@@ -46,7 +50,8 @@ def test_large_image_benchmark_runs_the_cli_twice_and_writes_its_json(tmp_path, 
         assert run[name]["seconds"] > 0 and run[name]["peak_rss_mb"] > 100  # torch alone takes more
         assert run[name]["seconds_per_megapixel"] == run[name]["seconds"] / 0.09
     assert len(summary["load_average_before"]) == 3 and summary["settings"]["encoder"] == "tiny_vit"
-    assert "| 300² | 4 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| 300² | 4 |" in printed and "| grid 2² |" in printed
     assert [p.name for p in tmp_path.iterdir()] == ["large.json"]  # images and outputs removed
 
 

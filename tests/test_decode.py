@@ -279,3 +279,21 @@ def test_windowed_upsampling_equals_full_upsampling(input_size, original_size):
         differs = crop.to_full(original_size) != (full[k] > 0).numpy()
         assert (full[k].numpy()[differs].__abs__() < 1e-5).all()
     assert sum((c.to_full(original_size) != (full[k] > 0).numpy()).sum() for k, c in enumerate(crops)) == 0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_device_post_processing_equals_the_full_resolution_path(device):
+    from napari_mobilesamv2.decode.masks import _crops_on_device
+
+    torch.manual_seed(3)
+    low_res = torch.randn(7, 1, 256, 256) * 4
+    low_res[2] = -10.0  # an empty mask
+    input_size, original_size = (1024, 768), (200, 150)
+    expected, expected_stability = logits_to_crops(low_res, input_size, original_size, window_fraction=0.0)
+    found, stability = _crops_on_device(low_res.to(device), input_size, original_size, chunk_pixels=3 * 200 * 150)
+    np.testing.assert_array_equal(stability, expected_stability)
+    assert found[2].shape == (0, 0) and found[2].area == 0
+    for mine, theirs in zip(found, expected, strict=True):
+        assert (mine.top, mine.left, mine.shape, mine.area) == (theirs.top, theirs.left, theirs.shape, theirs.area)
+        np.testing.assert_array_equal(mine.mask, theirs.mask)

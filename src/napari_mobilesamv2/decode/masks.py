@@ -187,12 +187,17 @@ def logits_to_crops(
     through SAM's full ``postprocess_masks``, a few at a time, never more than about
     `chunk_pixels` float values at once.
 
+    Logits on a GPU are upsampled there, with SAM's ``postprocess_masks`` for every
+    mask; only the cropped masks come back to the host.
+
     Returns
     -------
     crops : list of MaskCrop
     stability : numpy.ndarray
         (N,) float32 stability scores.
     """
+    if low_res.device.type == "cuda":
+        return _crops_on_device(low_res.detach().float(), input_size, original_size, chunk_pixels)
     low_res = low_res.detach().float().cpu()
     low_np = low_res[:, 0].numpy().astype(np.float64)
     crops: list[MaskCrop | None] = [None] * low_res.shape[0]
@@ -216,6 +221,32 @@ def logits_to_crops(
         for k, mask_logits in zip(index, logits.numpy()):
             crops[k], stability[k] = _crop_and_score(mask_logits, 0, 0)
     return crops, stability
+
+
+def _crops_on_device(
+    low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int], chunk_pixels: int
+) -> tuple[list[MaskCrop], np.ndarray]:
+    """:func:`logits_to_crops` on the logits' own device, a chunk of masks at a time."""
+    crops: list[MaskCrop] = []
+    stability = []
+    per_chunk = max(1, chunk_pixels // max(1, original_size[0] * original_size[1]))
+    for start in range(0, low_res.shape[0], per_chunk):
+        logits = upsample_logits(low_res[start:start + per_chunk], input_size, original_size)[:, 0]
+        stability.append(stability_scores(logits).float().cpu().numpy())
+        masks = logits > MASK_THRESHOLD
+        rows, cols = masks.any(dim=2).cpu().numpy(), masks.any(dim=1).cpu().numpy()
+        for mask, row_hits, col_hits in zip(masks, rows, cols):
+            crops.append(_crop_on_device(mask, row_hits, col_hits))
+    return crops, np.concatenate(stability) if stability else np.zeros(0, np.float32)
+
+
+def _crop_on_device(mask: torch.Tensor, row_hits: np.ndarray, col_hits: np.ndarray) -> MaskCrop:
+    """The crop of one device mask, given which of its rows and columns hold True pixels."""
+    rows, cols = np.flatnonzero(row_hits), np.flatnonzero(col_hits)
+    if rows.size == 0:
+        return MaskCrop(0, 0, np.zeros((0, 0), dtype=bool))
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return MaskCrop(top, left, mask[top:bottom, left:right].cpu().numpy())
 
 
 def _crop_and_score(logits: np.ndarray, top: int, left: int) -> tuple[MaskCrop, float]:

@@ -138,7 +138,7 @@ def test_rows_are_dropped_and_merged():
     assert row["score"] == pytest.approx(0.8)
     assert row["predicted_iou"] == pytest.approx((0.5 * 40 + 0.9 * 10) / 50)
     assert row["stability"] == pytest.approx((0.97 * 40 + 0.99 * 10) / 50)
-    assert row["slice"] == "2"
+    assert row["slice"] == "2; 0"
     merged = merge_rows(table(), 2, 3)  # score NaN + 0.3 -> 0.3
     assert merged["score"][1] == pytest.approx(0.3)
     with pytest.raises(InputError, match=r"\[9\] have no row"):

@@ -38,7 +38,7 @@ DEFAULT_ORDER = "lowest first"
 #: how :func:`merge_rows` combines two rows, per column
 MERGE_RULES = (
     "score: the higher of the two; predicted_iou and stability: the mean weighted by area; "
-    "area: the sum; other columns: those of the object that is kept"
+    "area: the sum; slice: both, separated by '; ' when they differ; other columns: those of the object that is kept"
 )
 
 Table = Mapping[str, Any]
@@ -278,6 +278,10 @@ def merge_rows(table: Table, keep: int, merged: int) -> dict[str, np.ndarray]:
     a, b = int(rows[0][0]), int(rows[1][0])
     weights = np.ones(2) if "area" not in columns else np.asarray(columns["area"], np.float64)[[a, b]]
     for name, values in columns.items():
+        if name == "slice" and values[a] != values[b]:
+            values = values.astype(object, copy=True)
+            values[a] = f"{values[a]}; {values[b]}"
+            columns[name] = values
         if values.dtype.kind not in "biuf":
             continue
         pair = values[[a, b]].astype(np.float64)

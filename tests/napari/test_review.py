@@ -216,3 +216,28 @@ def test_the_dock_fits_a_small_screen_and_explains_every_control(reviewing):
     assert all(c.tooltip for c in controls)
     widget._report(RuntimeError("x" * 400))
     assert widget.native.minimumSizeHint().width() <= 450 and widget.status.native.wordWrap()
+
+
+def test_objects_linked_through_a_stack(make_napari_viewer):
+    viewer = make_napari_viewer()
+    data = np.zeros((6, 20, 30), np.int32)
+    data[0:3, 2:6, 2:6] = 1  # planes 0-2
+    data[4:6, 10:16, 20:28] = 2  # planes 4-5
+    features = pd.DataFrame({"index": [1, 2], "score": [0.4, 0.8], "predicted_iou": [0.9, 0.8],
+                             "stability": [0.9, 0.9], "area": [48, 96], "slice": ["0 to 2", "4 to 5"],
+                             "n_planes": [3, 2], "accepted": [np.nan, True]})
+    labels = viewer.add_labels(data, features=features)
+    widget = open_dock(viewer, "Review objects")
+    widget.start(labels)
+    assert widget.accepted == {2}  # a missing mark is not an accept
+    assert widget.current_id() == 1 and viewer.dims.point[0] == 1  # the middle plane of object 1
+    np.testing.assert_allclose(_camera(viewer).center[-2:], (3.5, 3.5))
+    dock_next = next(s for s in widget._shortcuts if s.key().toString() == "N")
+    dock_next.activated.emit()  # the key N while the dock has the focus
+    assert widget.current_id() == 2 and viewer.dims.point[0] in (4, 5)
+    widget.merge()
+    row = labels.features.set_index("index").loc[1]
+    assert (row["area"], row["n_planes"], row["slice"]) == (144, 5, "0 to 2; 4 to 5")
+    assert ids_in(labels) == [1] and labels.data[5, 12, 22] == 1
+    labels.undo()
+    assert ids_in(labels) == [1, 2] and list(labels.features["n_planes"]) == [3, 2]

@@ -286,22 +286,28 @@ class ReviewWidget(JobWidget):
                 "run Segment everything into it first"
             )
         self.stop()
+        features = layer.features
+        if self.rank_by.value not in features:
+            self.rank_by.value = next(c for c in review.REVIEW_COLUMNS if c in features)
+        accepted = features[ACCEPTED].eq(True).to_numpy() if ACCEPTED in features else np.zeros(len(features), bool)
+        self.accepted = set(review.table_ids(features)[accepted].tolist())
+        self._colormap, self._show_selected = layer.colormap, layer.show_selected_label
         self.layer = layer
         self.history = FeatureHistory(layer)
-        features = layer.features
-        self.accepted = set(review.table_ids(features)[np.asarray(features[ACCEPTED], bool)].tolist()
-                            if ACCEPTED in features else [])
-        self._colormap, self._show_selected = layer.colormap, layer.show_selected_label
         self._seen_history = _history_key(layer)
         layer.events.set_data.connect(self._history_moved)
         layer.events.paint.connect(self._history_moved)
-        self._bindings = [_KeyBinding(provider, key, partial(self._key, name))
-                          for provider in (self.viewer, layer) for key, name in REVIEW_KEYS.items()]
-        self._count_objects()
-        self._fit_sliders()
-        self.viewer.layers.selection.active = layer
-        self.position = 0
-        self._rebuild_queue()
+        try:
+            self._bindings = [_KeyBinding(provider, key, partial(self._key, name))
+                              for provider in (self.viewer, layer) for key, name in REVIEW_KEYS.items()]
+            self._count_objects()
+            self._fit_sliders()
+            self.viewer.layers.selection.active = layer
+            self.position = 0
+            self._rebuild_queue()
+        except Exception:
+            self.stop()  # no half-started review: keys and colours back
+            raise
         self.start_button.text = "Stop review"
         self._enable()
         self._set_status(f"reviewing {layer.name!r}: {len(self.queue)} objects")
@@ -520,7 +526,6 @@ class ReviewWidget(JobWidget):
         if "n_planes" in rows:
             ids = review.table_ids(rows)
             rows["n_planes"][ids == previous] = self._planes_spanned(data, (previous, current))
-        self.position -= 1
         self._change(review.relabel_edit(data, {current: previous}), rows, keep=previous)
         self._set_status(f"object {current} merged into object {previous}")
 
@@ -653,11 +658,13 @@ class ReviewWidget(JobWidget):
             self._changing = False
         item = _last_item(layer)
         self._seen_history = _history_key(layer)
-        if item is None or item is last:
+        has_history = hasattr(layer, "_undo_history")  # without it (another napari) the table cannot follow undo
+        if has_history and (item is None or item is last):
             self._set_status("nothing changed")
             return
         self._write_features(rows)
-        self.history.record(item, before, layer.features.copy())
+        if has_history:
+            self.history.record(item, before, layer.features.copy())
         self._count_objects()
         if refit:
             self._fit_sliders()

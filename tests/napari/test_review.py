@@ -241,3 +241,19 @@ def test_objects_linked_through_a_stack(make_napari_viewer):
     assert ids_in(labels) == [1] and labels.data[5, 12, 22] == 1
     labels.undo()
     assert ids_in(labels) == [1, 2] and list(labels.features["n_planes"]) == [3, 2]
+
+
+def test_closing_the_dock_ends_the_review(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    data, features = hand_made_labels()
+    labels = viewer.add_labels(data, features=features)
+    colormap, keys = labels.colormap, dict(viewer.keymap)
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-mobilesamv2", "Review objects")
+    widget.start(labels)
+    widget.split()  # adds the split boxes layer
+    assert len(viewer.layers) == 2
+    viewer.window.remove_dock_widget(dock)
+    qtbot.waitUntil(lambda: not widget.is_reviewing, timeout=5000)
+    assert labels.colormap is colormap and dict(viewer.keymap) == keys and dict(labels.keymap) == {}
+    assert list(viewer.layers) == [labels]
+    labels.undo()  # no callback into the closed dock

@@ -137,13 +137,15 @@ def test_filters_hide_objects_until_applied_in_one_undo_step(reviewing):
 
 
 def test_undo_button_and_ctrl_z_after_a_painted_edit(reviewing):
-    _, labels, widget = reviewing
+    viewer, labels, widget = reviewing
     widget.reject()  # object 2
     assert list(labels.features["index"]) == [1, 3, 4]
     widget.undo()
     assert list(labels.features["index"]) == [1, 2, 3, 4] and 2 in ids_in(labels)
     # a new edit after the undo: the undone change cannot come back, the table stays
+    _camera(viewer).center = (5.0, 5.0)
     labels.data_setitem((np.array([39]), np.array([0])), 9)
+    np.testing.assert_allclose(_camera(viewer).center[-2:], (5.0, 5.0))  # painting does not move the view
     labels.redo()
     assert list(labels.features["index"]) == [1, 2, 3, 4]
     assert widget.history.changes == []

@@ -226,6 +226,7 @@ class ReviewWidget(JobWidget):
         self._setting_sliders = False
         self._changing = False
         self._seen_history: tuple = ()
+        self._centred_on: int | None = None
 
         self.start_button.changed.connect(self.toggle)
         actions = {
@@ -328,6 +329,7 @@ class ReviewWidget(JobWidget):
         self.split_boxes = None
         self.queue = np.zeros(0, np.int64)
         self.history = None
+        self._centred_on = None
         if not self._closed:
             self.start_button.text = "Start review"
             self.current.value = "not reviewing"
@@ -449,7 +451,9 @@ class ReviewWidget(JobWidget):
         mark = " (accepted)" if current in self.accepted else ""
         self.current.value = f"object {self.position + 1} of {len(self.queue)}: id {current}{mark}; {values}"
         self._recolour()
-        self._centre_on(current)
+        if current != self._centred_on:  # not after every paint stroke or filter move
+            self._centre_on(current)
+            self._centred_on = current
 
     def _recolour(self, _value=None) -> None:
         """Current object in its colour, the others dimmed, hidden ones transparent."""

@@ -613,10 +613,10 @@ class ReviewWidget(JobWidget):
         rows = review.as_columns(layer.features)
         id_name = review.id_column(rows)
         ids = review.table_ids(rows)
-        if remaining:
+        if remaining and "area" in rows:
             rows["area"] = rows["area"].astype(np.int64)
             rows["area"][ids == object_id] = remaining
-        else:
+        elif not remaining:
             rows = review.drop_rows(rows, [object_id])
         parts = np.asarray(list(id_map))
         table_rows = np.searchsorted(result.table["id"], parts)

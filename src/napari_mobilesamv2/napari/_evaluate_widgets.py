@@ -394,7 +394,7 @@ def table_rows(result: MatchingResult) -> list[list]:
     """The rows of the evaluation table: one per threshold, then the means of the ratios (3 decimals)."""
     rows = [[round(s.threshold, 3), s.tp, s.fp, s.fn, *(round(getattr(s, name), 3) for name in _TABLE_RATIOS)]
             for s in result.stats]
-    rows.append(["", "", "", "", *(round(result.mean(name), 3) for name in _TABLE_RATIOS)])
+    rows.append([None, None, None, None, *(round(result.mean(name), 3) for name in _TABLE_RATIOS)])
     return rows
 
 

@@ -20,6 +20,7 @@ from napari_mobilesamv2.models.detector import ObjectAwareDetector, load_object_
 from napari_mobilesamv2.prompts.object_aware import detect_objects
 from napari_mobilesamv2.training import (
     FORMAT,
+    TrainingCancelled,
     boxes_from_labels,
     convert_detector,
     count_matches,
@@ -403,3 +404,19 @@ def test_bad_parameters_are_refused_before_any_work(tmp_path):
         train_detector(images, labels, tmp_path / "x.json", start=DETECTOR_FIXTURE, trust_weights=True)
     with pytest.raises(OutputError, match="does not exist"):
         train_detector(images, labels, tmp_path / "missing" / "x.pt", start=DETECTOR_FIXTURE, trust_weights=True)
+
+
+def test_should_cancel_during_a_batch_writes_nothing(tmp_path):
+    images, labels = write_pairs(tmp_path, range(4))
+    polls = []
+
+    def cancel_in_the_first_batch() -> bool:
+        polls.append(True)
+        return len(polls) > 3  # three checks come before training: the first poll in a batch cancels
+
+    out = tmp_path / "out" / "cancelled.pt"
+    out.parent.mkdir()
+    with pytest.raises(TrainingCancelled, match="no detector was written"):
+        train_detector(images, labels, out, start=DETECTOR_FIXTURE, trust_weights=True, epochs=5, imgsz=128,
+                       batch=2, device="cpu", workdir=tmp_path / "work", should_cancel=cancel_in_the_first_batch)
+    assert len(polls) == 4 and list(out.parent.iterdir()) == [] and list((tmp_path / "work").iterdir()) == []

@@ -364,7 +364,10 @@ class EvaluateWidget(_TaskDock):
             _put_points(self.viewer, f"{gt_layer.name} missed", missed, gt_layer, "magenta", size)
             _put_points(self.viewer, f"{pred_layer.name} extra", extra, gt_layer, "yellow", size)
         first = result.at(min(result.thresholds))
-        where = "whole layer" if plane is None else f"plane {', '.join(map(str, plane))}" if plane else "image"
+        if plane:
+            where = f"plane {', '.join(map(str, plane))}"
+        else:
+            where = "image" if len(_spatial_shape(gt_layer)) == 2 else "whole stack"
         self._set_status(
             f"done ({where}): at IoU {first.threshold:g} {first.tp} matched, {first.fn} missed, {first.fp} extra "
             f"of {first.n_true} true and {first.n_pred} predicted objects; F1 {first.f1:.3f}; "

@@ -13,6 +13,7 @@ from napari_mobilesamv2.evaluation import DEFAULT_IOU_THRESHOLDS, match_labels
 from napari_mobilesamv2.napari import _evaluate_widgets
 from napari_mobilesamv2.napari._evaluate_widgets import (
     EvaluateWidget,
+    ZERO_WIDTH_SPACE,
     TrainDetectorWidget,
     detector_trained,
     latest_detector,
@@ -103,7 +104,7 @@ def test_evaluation_shows_the_core_numbers_marks_errors_and_saves(evaluate_dock,
     assert table[0][4:] == [round(v, 3) for v in (at_half.precision, at_half.recall, at_half.f1,
                                                   at_half.mean_matched_iou, at_half.panoptic_quality,
                                                   at_half.average_precision)]
-    assert "2 matched, 1 missed, 1 extra" in widget.status.value
+    assert "2 matched, 1 missed, 1 extra" in widget.status_text
     # markers at the missed object 3 and the extra object 9, in the layers' frame
     np.testing.assert_allclose(viewer.layers["truth missed"].data, [[13.5, 3.5]])
     np.testing.assert_allclose(viewer.layers["predicted extra"].data, [[13.5, 15.0]])
@@ -123,7 +124,7 @@ def test_evaluation_shows_the_core_numbers_marks_errors_and_saves(evaluate_dock,
     count = len(notification_manager.records)
     widget.save_path.value = tmp_path / "scores.txt"
     widget.save()
-    assert "save as .json or .csv" in widget.status.value and len(one_line_errors(count)) == 1
+    assert "save as .json or .csv" in widget.status_text and len(one_line_errors(count)) == 1
 
 
 def test_current_plane_of_a_stack_is_evaluated_alone(make_napari_viewer, qtbot):
@@ -159,8 +160,8 @@ def test_evaluation_errors_are_one_line(evaluate_dock, change, message):
     change(viewer, widget)
     count = len(notification_manager.records)
     widget.run()
-    assert not widget.is_running and message in widget.status.value and "\n" not in widget.status.value
-    assert one_line_errors(count) == [widget.status.value]
+    assert not widget.is_running and message in widget.status_text and "\n" not in widget.status_text
+    assert one_line_errors(count) == [widget.status_text]
     assert widget.evaluation is None and "truth missed" not in viewer.layers
 
 
@@ -234,8 +235,9 @@ def test_training_writes_a_pickle_free_detector_and_tunes_thresholds(train_dock,
     assert is_detector_state(out) and load_detector_state(out).head.reg_max == 26
     assert json.loads(out.with_suffix(".json").read_text())["training"]["epochs_run"] == 1
     assert latest_detector() == out and seen == [out]
-    assert f"Wrote {out}" in widget.summary.value and f"conf {report.thresholds.conf:g}" in widget.summary.value
-    assert widget.status.value.startswith(f"done: wrote {out}, stopped after epoch 1")
+    summary = widget.summary.value.replace(ZERO_WIDTH_SPACE, "")
+    assert f"Wrote {out}" in summary and f"conf {report.thresholds.conf:g}" in summary
+    assert widget.status_text.startswith(f"done: wrote {out}, stopped after epoch 1")
     assert not widget.stop_button.enabled and not widget.cancel_button.enabled
     widget.tune()
     wait_idle(qtbot, widget)
@@ -252,7 +254,7 @@ def test_cancel_writes_no_file(train_dock, qtbot, tmp_path, single_torch_thread)
     widget.run()
     widget.cancel()
     wait_idle(qtbot, widget)
-    assert widget.status.value == "cancelled; no detector was written" and widget.last_error is None
+    assert widget.status_text == "cancelled; no detector was written" and widget.last_error is None
     assert list(tmp_path.iterdir()) == [] and widget.report is None and latest_detector() is None
 
 
@@ -273,8 +275,8 @@ def test_bad_pairs_and_settings_give_one_line_and_start_nothing(train_dock, tmp_
     change(viewer, widget)
     count = len(notification_manager.records)
     widget.run()
-    assert not widget.is_running and message in widget.status.value, widget.status.value
-    assert one_line_errors(count) == [widget.status.value] and "\n" not in widget.status.value
+    assert not widget.is_running and message in widget.status_text, widget.status_text
+    assert one_line_errors(count) == [widget.status_text] and "\n" not in widget.status_text
     assert list(tmp_path.iterdir()) == []
 
 

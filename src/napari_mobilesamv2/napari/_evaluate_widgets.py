@@ -40,9 +40,9 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
-from qtpy.QtCore import QObject, Slot
+from qtpy.QtCore import QObject, Qt, Slot
 from qtpy.QtCore import Signal as QtSignal
-from qtpy.QtWidgets import QAbstractItemView
+from qtpy.QtWidgets import QAbstractItemView, QComboBox, QSizePolicy
 from scipy import ndimage
 
 from ..devices import resolve_device
@@ -75,6 +75,7 @@ from ._options_form import option_widget
 
 log = logging.getLogger(__name__)
 
+ZERO_WIDTH_SPACE = "\u200b"
 MAX_STATUS = 400  # characters of a status line (it wraps; a whole traceback would not help)
 SAVE_SUFFIXES = (".json", ".csv")
 TABLE_COLUMNS = ("IoU", "tp", "fp", "fn", "precision", "recall", "F1", "mean matched IoU", "PQ", "AP")
@@ -118,7 +119,13 @@ def _wrapped_label(text: str = "", tooltip: str | None = None) -> Label:
     """A label whose text wraps: a long message never widens the dock."""
     label = Label(value=text, tooltip=tooltip)
     label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     return label
+
+
+def _breakable(text: str) -> str:
+    """`text` with a line-break chance after each path separator, so long file paths wrap too."""
+    return text.replace("/", "/" + ZERO_WIDTH_SPACE).replace("\\", "\\" + ZERO_WIDTH_SPACE)
 
 
 class _Messenger(QObject):
@@ -143,12 +150,27 @@ class _TaskDock(Container):
     """Base: a scrollable dock running one task at a time in a thread worker, with a status line."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True, scrollable=True)
+        super().__init__(labels=False, scrollable=True)
         self.viewer = napari_viewer
         self.worker = None
         self.last_error: str | None = None
         self.status = _wrapped_label(tooltip="what the dock is doing, or what went wrong")
         self._messenger: _Messenger | None = None
+
+    @property
+    def native(self):
+        """The scroll area around the controls.
+
+        napari docks a magicgui widget's ``native``; for a scrollable container that is the
+        widget inside the scroll area, so the dock would lose its scroll bars.
+        """
+        return self.root_native_widget
+
+    def _finish_layout(self) -> None:
+        """After the controls are added: scroll sideways rather than widen the dock."""
+        scroll = self.root_native_widget
+        scroll.setMinimumWidth(0)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
 
     @property
     def is_running(self) -> bool:
@@ -177,7 +199,7 @@ class _TaskDock(Container):
         except Exception as error:  # noqa: BLE001 - shown to the user
             self._report(error)
             return
-        if self.last_error is None and not self.status.value.startswith("done"):
+        if self.last_error is None and not self.status_text.startswith("done"):
             self._set_status(f"done: {description}")
 
     def _finished(self) -> None:
@@ -198,8 +220,35 @@ class _TaskDock(Container):
         self._set_status(message)
         show_error(message)
 
+    @property
+    def status_text(self) -> str:
+        """The status line as plain text."""
+        return self.status.value.replace(ZERO_WIDTH_SPACE, "")
+
     def _set_status(self, text: str) -> None:
-        self.status.value = text[:MAX_STATUS]
+        self.status.value = _breakable(text[:MAX_STATUS])
+
+
+def _narrow(combo: ComboBox, characters: int = 3) -> ComboBox:
+    """Let a layer menu shrink to a few characters: long layer names must not widen the dock."""
+    combo.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.native.setMinimumContentsLength(characters)
+    return combo
+
+
+def _compact(container: Container) -> Container:
+    """No margins and little spacing: rows of small controls inside a dock."""
+    layout = container.native.layout()
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(2)
+    return container
+
+
+def _form(*widgets) -> Container:
+    """Labelled controls, one per line, flush with the dock's other controls."""
+    form = Container(labels=True, widgets=widgets)
+    form.native.layout().setContentsMargins(0, 0, 0, 0)
+    return form
 
 
 def _layers_of(viewer, kind, none_label: str | None = None) -> Callable:
@@ -297,10 +346,10 @@ class EvaluateWidget(_TaskDock):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         viewer = napari_viewer
-        self.ground_truth = ComboBox(label="ground truth", choices=_layers_of(viewer, Labels),
-                                     tooltip="the Labels layer holding the true objects (0 is background)")
-        self.prediction = ComboBox(label="prediction", choices=_layers_of(viewer, Labels),
-                                   tooltip="the Labels layer to score, of the same shape as the ground truth")
+        self.ground_truth = _narrow(ComboBox(label="ground truth", choices=_layers_of(viewer, Labels),
+                                             tooltip="the Labels layer holding the true objects (0 is background)"))
+        self.prediction = _narrow(ComboBox(label="prediction", choices=_layers_of(viewer, Labels),
+                                           tooltip="the Labels layer to score, of the same shape as the ground truth"))
         self.scope = RadioButtons(
             label="scope", choices=[("current plane", "plane"), ("whole stack", "stack")], value="plane",
             tooltip="current plane: the plane shown in the viewer; whole stack: every plane at once, objects "
@@ -322,10 +371,11 @@ class EvaluateWidget(_TaskDock):
                                   tooltip="file for the results: .json (every number) or .csv (the table rows)")
         self.save_button = PushButton(text="Save results", tooltip="write the last evaluation to 'save to'")
         self.evaluation: Evaluation | None = None
-        self.extend([self.ground_truth, self.prediction, self.scope, self.thresholds, self.mark, self.run_button,
-                     self.status, self.table, self.save_path, self.save_button])
+        self.extend([_form(self.ground_truth, self.prediction, self.scope, self.thresholds), self.mark,
+                     self.run_button, self.status, self.table, _form(self.save_path), self.save_button])
         self.run_button.changed.connect(self.run)
         self.save_button.changed.connect(self.save)
+        self._finish_layout()
 
     def run(self) -> None:
         """Evaluate the prediction layer against the ground-truth layer (in a worker)."""
@@ -452,13 +502,14 @@ class PairRow(Container):
 
     def __init__(self, viewer, on_remove: Callable[[PairRow], None]):
         super().__init__(layout="horizontal", labels=False)
-        self.image = ComboBox(choices=_layers_of(viewer, Image, "(image)"),
-                              tooltip=_tip(TRAINING_HELP["images"]))
-        self.labels = ComboBox(choices=_layers_of(viewer, Labels, "(labels)"),
-                               tooltip=_tip(TRAINING_HELP["labels"]))
-        self.remove_button = PushButton(text="Remove", tooltip="remove this pair")
+        self.image = _narrow(ComboBox(choices=_layers_of(viewer, Image, "(image)"),
+                                      tooltip=_tip(TRAINING_HELP["images"])))
+        self.labels = _narrow(ComboBox(choices=_layers_of(viewer, Labels, "(labels)"),
+                                       tooltip=_tip(TRAINING_HELP["labels"])))
+        self.remove_button = PushButton(text="\u2212", tooltip="remove this pair")
+        self.remove_button.native.setMaximumWidth(32)
         self.extend([self.image, self.labels, self.remove_button])
-        self.margins = (0, 0, 0, 0)
+        _compact(self)
         self.remove_button.changed.connect(lambda: on_remove(self))
 
 
@@ -547,7 +598,10 @@ class TrainDetectorWidget(_TaskDock):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         self.rows: list[PairRow] = []
-        self.pairs = Container(labels=False, label="training pairs")
+        self.pairs_title = _wrapped_label("Training pairs (image layer, its labels layer):",
+                                          tooltip="each pair is an image and the objects drawn on it; a stack "
+                                                  "gives one training image per plane with objects")
+        self.pairs = _compact(Container(labels=False))
         self.add_pair_button = PushButton(text="Add pair", tooltip="add a row: an image layer and its labels layer")
         self.pair_button = PushButton(
             text="Pair layers by shape",
@@ -587,9 +641,10 @@ class TrainDetectorWidget(_TaskDock):
         self._cancel, self._stop = threading.Event(), threading.Event()
         self._bar = None
         self.extend([
-            self.pairs, self.add_pair_button, self.pair_button, self.normalization, self.epochs, self.imgsz,
-            self.batch, self.val_fraction, self.device, self.start, self.trust_weights, self.out, self.run_button,
-            self.stop_button, self.cancel_button, self.status, self.summary, self.tune_button, self.tuning,
+            self.pairs_title, self.pairs, self.add_pair_button, self.pair_button,
+            _form(self.normalization, self.epochs, self.imgsz, self.batch, self.val_fraction, self.device, self.start),
+            self.trust_weights, _form(self.out), self.run_button, self.stop_button, self.cancel_button, self.status,
+            self.summary, self.tune_button, self.tuning,
         ])
         self.add_pair_button.changed.connect(lambda: self.add_pair())
         self.pair_button.changed.connect(self.pair_layers)
@@ -598,6 +653,7 @@ class TrainDetectorWidget(_TaskDock):
         self.cancel_button.changed.connect(self.cancel)
         self.tune_button.changed.connect(self.tune)
         self.add_pair()
+        self._finish_layout()
 
     # rows
 
@@ -704,7 +760,7 @@ class TrainDetectorWidget(_TaskDock):
 
     def _trained(self, report: TrainingReport) -> None:
         self.report = report
-        self.summary.value = training_summary(report)
+        self.summary.value = _breakable(training_summary(report))
         set_latest_detector(report.path)
         cancelled = " (Cancel came too late: the detector was already written)" if self._cancel.is_set() else ""
         stopped = f", stopped after epoch {report.epochs_run}" if report.stopped_early else ""

@@ -99,9 +99,10 @@ def test_evaluation_shows_the_core_numbers_marks_errors_and_saves(evaluate_dock,
     assert widget.evaluation.result.to_dict(pairs=True) == expected.to_dict(pairs=True)
     table = widget.table.data.to_list()
     assert table == table_rows(expected) and len(table) == len(DEFAULT_IOU_THRESHOLDS) + 1
-    assert table[0][:4] == [0.5, 2, 1, 1]
+    assert table[0][:3] == [2, 1, 1]
+    assert tuple(map(str, widget.table.row_headers)) == tuple(f"{t:g}" for t in DEFAULT_IOU_THRESHOLDS) + ("mean",)
     at_half = expected.at(0.5)
-    assert table[0][4:] == [round(v, 3) for v in (at_half.precision, at_half.recall, at_half.f1,
+    assert table[0][3:] == [round(v, 3) for v in (at_half.precision, at_half.recall, at_half.f1,
                                                   at_half.mean_matched_iou, at_half.panoptic_quality,
                                                   at_half.average_precision)]
     assert "2 matched, 1 missed, 1 extra" in widget.status_text

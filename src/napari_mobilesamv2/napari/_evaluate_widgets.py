@@ -78,7 +78,8 @@ log = logging.getLogger(__name__)
 ZERO_WIDTH_SPACE = "\u200b"
 MAX_STATUS = 400  # characters of a status line (it wraps; a whole traceback would not help)
 SAVE_SUFFIXES = (".json", ".csv")
-TABLE_COLUMNS = ("IoU", "tp", "fp", "fn", "precision", "recall", "F1", "mean matched IoU", "PQ", "AP")
+TABLE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "F1", "mIoU", "PQ", "AP")
+"""Columns of the evaluation table (its rows are the IoU thresholds, then their mean)."""
 _TABLE_RATIOS = ("precision", "recall", "f1", "mean_matched_iou", "panoptic_quality", "average_precision")
 
 
@@ -362,9 +363,9 @@ class EvaluateWidget(_TaskDock):
                                      "objects without a partner, at the lowest IoU threshold")
         self.run_button = PushButton(text="Run evaluation", tooltip="match the objects of the two layers")
         self.table = Table(value={"data": [], "columns": list(TABLE_COLUMNS)},
-                           tooltip="one row per IoU threshold and the mean over them: precision, recall, F1, "
-                                   "mean IoU of the matched pairs, panoptic quality (PQ) and "
-                                   "AP = tp / (tp + fp + fn)")
+                           tooltip="one row per IoU threshold and the mean over them: matched pairs (tp), extra "
+                                   "(fp) and missed (fn) objects, precision, recall, F1, mean IoU of the matched "
+                                   "pairs (mIoU), panoptic quality (PQ) and AP = tp / (tp + fp + fn)")
         self.table.native.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.native.setMinimumHeight(160)
         self.save_path = FileEdit(label="save to", mode="w", nullable=True, filter="*.json *.csv",
@@ -409,6 +410,7 @@ class EvaluateWidget(_TaskDock):
         self.evaluation = Evaluation(result, gt_layer.name, pred_layer.name, plane, missed, extra)
         self.table.value = {"data": table_rows(result), "columns": list(TABLE_COLUMNS),
                             "index": [f"{t:g}" for t in result.thresholds] + ["mean"]}
+        self.table.native.resizeColumnsToContents()
         if self.mark.value:
             size = max(3.0, min(_spatial_shape(gt_layer)[-2:]) / 50)
             _put_points(self.viewer, f"{gt_layer.name} missed", missed, gt_layer, "magenta", size)
@@ -445,9 +447,8 @@ def _parse_thresholds(text: str) -> tuple[float, ...]:
 
 def table_rows(result: MatchingResult) -> list[list]:
     """The rows of the evaluation table: one per threshold, then the means of the ratios (3 decimals)."""
-    rows = [[round(s.threshold, 3), s.tp, s.fp, s.fn, *(round(getattr(s, name), 3) for name in _TABLE_RATIOS)]
-            for s in result.stats]
-    rows.append([None, None, None, None, *(round(result.mean(name), 3) for name in _TABLE_RATIOS)])
+    rows = [[s.tp, s.fp, s.fn, *(round(getattr(s, name), 3) for name in _TABLE_RATIOS)] for s in result.stats]
+    rows.append([None, None, None, *(round(result.mean(name), 3) for name in _TABLE_RATIOS)])
     return rows
 
 

@@ -185,6 +185,14 @@ def train_dock(make_napari_viewer, detector_training_data):
     return viewer, widget
 
 
+@pytest.fixture(autouse=True)
+def no_latest_detector():
+    """Each test starts and ends without a latest trained detector."""
+    _evaluate_widgets.set_latest_detector(None)
+    yield
+    _evaluate_widgets.set_latest_detector(None)
+
+
 @pytest.fixture
 def single_torch_thread():
     threads = torch.get_num_threads()
@@ -245,7 +253,6 @@ def test_training_writes_a_pickle_free_detector_and_tunes_thresholds(train_dock,
     assert widget.last_error is None, widget.last_error
     assert widget.tuning.value.startswith("Best on 3 annotated plane(s): conf ")
     assert "s per image at imgsz 128 on cpu" in widget.tuning.value
-    _evaluate_widgets.set_latest_detector(None)
 
 
 def test_cancel_writes_no_file(train_dock, qtbot, tmp_path, single_torch_thread):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 import ultralytics  # noqa: F401  its logger binds to the streams present at first import: not a test's capsys
 
@@ -103,6 +104,52 @@ def synthetic_cells(shape=(192, 256), n=12, seed=0, dtype=np.uint8, texture=0.5)
     image = (1 - texture) * np.clip(image / image.max(), 0, 1) + texture * rng.random(shape)
     top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0
     return (image * top).astype(dtype)
+
+
+def nuclei(seed: int, size: int = 128, per_side: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Training data for the detector: a uint16 image with one bright disc per grid cell, and its
+    uint16 label image (``per_side ** 2`` objects)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((size, size), np.uint16)
+    cell = size // per_side
+    yy, xx = np.mgrid[0:size, 0:size]
+    for index in range(per_side * per_side):
+        radius = rng.uniform(6, cell / 2 - 6)
+        centre_y = (index // per_side) * cell + rng.uniform(radius + 2, cell - radius - 2)
+        centre_x = (index % per_side) * cell + rng.uniform(radius + 2, cell - radius - 2)
+        labels[(yy - centre_y) ** 2 + (xx - centre_x) ** 2 <= radius**2] = index + 1
+    image = 200 + rng.normal(0, 20, labels.shape) + 1500 * (labels > 0)
+    return np.clip(image, 0, 65535).astype(np.uint16), labels
+
+
+def write_pairs(folder: Path, seeds, size: int = 128, suffix: str = ".tif") -> tuple[Path, Path]:
+    """Write :func:`nuclei` images and label images of `seeds` into ``folder/images`` and ``folder/labels``."""
+    images, labels = folder / "images", folder / "labels"
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(exist_ok=True)
+    for seed in seeds:
+        image, label = nuclei(seed, size)
+        tifffile.imwrite(images / f"n{seed:02d}{suffix}", image)
+        tifffile.imwrite(labels / f"n{seed:02d}{suffix}", label)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks gain nothing from more threads, and on a busy 2-core machine two can stall each other.
+
+    Use it for a whole test module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def detector_training_data():
+    """The tiny pickled detector fixture and :func:`nuclei`, for tests outside this package (napari's)."""
+    return DETECTOR_FIXTURE, nuclei
 
 
 @pytest.fixture

@@ -25,17 +25,10 @@ from napari_mobilesamv2.training import (
     read_detector_state,
 )
 
-from .conftest import DETECTOR_FIXTURE, synthetic_cells, write_weight_files
-from .test_training import write_pairs
+from .conftest import DETECTOR_FIXTURE, synthetic_cells, write_pairs, write_weight_files
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny networks gain nothing from more threads, and on a busy 2-core machine two can stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:

@@ -20,6 +20,7 @@ from napari_mobilesamv2.models.detector import ObjectAwareDetector, load_object_
 from napari_mobilesamv2.prompts.object_aware import detect_objects
 from napari_mobilesamv2.training import (
     FORMAT,
+    TrainingCancelled,
     boxes_from_labels,
     convert_detector,
     count_matches,
@@ -35,42 +36,10 @@ from napari_mobilesamv2.training import (
 )
 from napari_mobilesamv2.training.state import trainable_from_pickle
 
-from .conftest import DETECTOR_FIXTURE
+from .conftest import DETECTOR_FIXTURE, nuclei, write_pairs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny networks gain nothing from more threads, and on a busy 2-core machine two can stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def nuclei(seed: int, size: int = 128, per_side: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """uint16 image with one bright disc per grid cell, and its uint16 label image."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((size, size), np.uint16)
-    cell = size // per_side
-    yy, xx = np.mgrid[0:size, 0:size]
-    for index in range(per_side * per_side):
-        radius = rng.uniform(6, cell / 2 - 6)
-        centre_y = (index // per_side) * cell + rng.uniform(radius + 2, cell - radius - 2)
-        centre_x = (index % per_side) * cell + rng.uniform(radius + 2, cell - radius - 2)
-        labels[(yy - centre_y) ** 2 + (xx - centre_x) ** 2 <= radius**2] = index + 1
-    image = 200 + rng.normal(0, 20, labels.shape) + 1500 * (labels > 0)
-    return np.clip(image, 0, 65535).astype(np.uint16), labels
-
-
-def write_pairs(folder: Path, seeds, size: int = 128, suffix: str = ".tif") -> tuple[Path, Path]:
-    images, labels = folder / "images", folder / "labels"
-    images.mkdir(parents=True, exist_ok=True)
-    labels.mkdir(exist_ok=True)
-    for seed in seeds:
-        image, label = nuclei(seed, size)
-        tifffile.imwrite(images / f"n{seed:02d}{suffix}", image)
-        tifffile.imwrite(labels / f"n{seed:02d}{suffix}", label)
-    return images, labels
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- dataset ---------------------------------------------------------------------------------------
@@ -435,3 +404,19 @@ def test_bad_parameters_are_refused_before_any_work(tmp_path):
         train_detector(images, labels, tmp_path / "x.json", start=DETECTOR_FIXTURE, trust_weights=True)
     with pytest.raises(OutputError, match="does not exist"):
         train_detector(images, labels, tmp_path / "missing" / "x.pt", start=DETECTOR_FIXTURE, trust_weights=True)
+
+
+def test_should_cancel_during_a_batch_writes_nothing(tmp_path):
+    images, labels = write_pairs(tmp_path, range(4))
+    polls = []
+
+    def cancel_in_the_first_batch() -> bool:
+        polls.append(True)
+        return len(polls) > 3  # three checks come before training: the first poll in a batch cancels
+
+    out = tmp_path / "out" / "cancelled.pt"
+    out.parent.mkdir()
+    with pytest.raises(TrainingCancelled, match="no detector was written"):
+        train_detector(images, labels, out, start=DETECTOR_FIXTURE, trust_weights=True, epochs=5, imgsz=128,
+                       batch=2, device="cpu", workdir=tmp_path / "work", should_cancel=cancel_in_the_first_batch)
+    assert len(polls) == 4 and list(out.parent.iterdir()) == [] and list((tmp_path / "work").iterdir()) == []

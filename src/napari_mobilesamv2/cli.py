@@ -242,7 +242,7 @@ def _add_evaluate_command(commands) -> None:
 
 
 def _add_train_command(commands) -> None:
-    from .training import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_IMGSZ
+    from .training import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_IMGSZ, DEFAULT_VAL_FRACTION, TRAINING_HELP
 
     train = commands.add_parser(
         "train-detector", help="fine-tune the object-aware detector on your label images",
@@ -259,32 +259,27 @@ def _add_train_command(commands) -> None:
     data.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder of images")
     data.add_argument("--labels", type=Path, required=True, metavar="DIR",
                       help="folder of label images with the images' file names (0 = background)")
-    data.add_argument("--out", type=Path, required=True, metavar="FILE",
-                      help="detector file to write (e.g. nuclei_detector.pt); its model card gets the suffix .json")
+    data.add_argument("--out", type=Path, required=True, metavar="FILE", help=TRAINING_HELP["out"])
     for info in options_of(ImageOptions):
         if info.name != "channels":
             _add_option(data, info)
-    data.add_argument("--val-fraction", type=float, default=0.2, metavar="X",
-                      help="share of the image pairs held out (at least one) (default: 0.2)")
-    data.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the split and the training "
-                      "(default: 0)")
+    data.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="X",
+                      help=f"{TRAINING_HELP['val_fraction']} (default: {DEFAULT_VAL_FRACTION})")
+    data.add_argument("--seed", type=int, default=0, metavar="N", help=f"{TRAINING_HELP['seed']} (default: 0)")
     training = train.add_argument_group("training")
     training.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, metavar="N",
-                          help=f"training epochs (default: {DEFAULT_EPOCHS})")
+                          help=f"{TRAINING_HELP['epochs']} (default: {DEFAULT_EPOCHS})")
     training.add_argument("--imgsz", type=int, default=DEFAULT_IMGSZ, metavar="N",
-                          help="network input size in pixels, a multiple of 32; detect with the same size "
-                               f"(default: {DEFAULT_IMGSZ})")
+                          help=f"{TRAINING_HELP['imgsz']} (default: {DEFAULT_IMGSZ})")
     training.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
-                          help=f"images per batch, at least 2 (default: {DEFAULT_BATCH})")
+                          help=f"{TRAINING_HELP['batch']} (default: {DEFAULT_BATCH})")
     training.add_argument("--device", default="auto", metavar="DEVICE",
                           help="auto, cpu, cuda, cuda:N or mps (default: auto: CUDA, then MPS, then CPU)")
     training.add_argument("--workdir", type=Path, metavar="DIR",
                           help="folder for temporary training files, removed afterwards (default: the system's "
                                "temporary folder)")
     start = train.add_argument_group("starting detector")
-    start.add_argument("--detector-weights", type=Path, metavar="FILE",
-                       help="detector to start from: an ObjectAwareModel.pt-format file or one written by "
-                            "train-detector (default: MobileSAMv2's ObjectAwareModel.pt)")
+    start.add_argument("--detector-weights", type=Path, metavar="FILE", help=TRAINING_HELP["start"])
     for info in options_of(ModelOptions):
         if info.name == "trust_weights":
             _add_option(start, info)

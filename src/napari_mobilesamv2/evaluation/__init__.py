@@ -19,6 +19,7 @@ from .files import (
 )
 from .matching import (
     DEFAULT_IOU_THRESHOLDS,
+    IOU_THRESHOLDS_HELP,
     MatchingResult,
     MatchStats,
     PairwiseIoU,
@@ -29,7 +30,7 @@ from .matching import (
 from .proposals import DEFAULT_KS, ProposalRecall, box_recall, labels_to_coco, proposal_recall, read_proposals
 
 __all__ = [
-    "DEFAULT_IOU_THRESHOLDS", "DEFAULT_KS", "FileEvaluation", "MatchStats", "MatchingResult", "PairwiseIoU",
+    "DEFAULT_IOU_THRESHOLDS", "DEFAULT_KS", "FileEvaluation", "IOU_THRESHOLDS_HELP", "MatchStats", "MatchingResult", "PairwiseIoU",
     "ProposalRecall", "aggregate_matching", "box_recall", "evaluate_label_files", "evaluate_proposal_files",
     "labels_to_coco", "match_labels", "pair_files", "pairwise_iou", "proposal_recall", "read_proposals",
     "write_evaluation",

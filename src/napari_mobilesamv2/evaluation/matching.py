@@ -43,6 +43,12 @@ from ..errors import InputError
 DEFAULT_IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 """IoU thresholds 0.5, 0.55, ..., 0.95."""
 
+IOU_THRESHOLDS_HELP = (
+    "IoU thresholds in (0, 1], separated by commas: a predicted object matches a ground-truth object when their "
+    "intersection over union is at least the threshold (default: 0.5, 0.55, ..., 0.95)"
+)
+"""One line of help on the IoU thresholds, for the front ends."""
+
 RATIOS = ("precision", "recall", "f1", "average_precision", "mean_matched_iou", "panoptic_quality")
 """Names of the per-threshold ratios of :class:`MatchStats`."""
 

@@ -22,11 +22,25 @@ from .state import (
     load_detector_state,
     read_detector_state,
 )
-from .trainer import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_IMGSZ, TrainingReport, card_path_for, train_detector
+from .trainer import (
+    DEFAULT_BATCH,
+    DEFAULT_EPOCHS,
+    DEFAULT_IMGSZ,
+    DEFAULT_VAL_FRACTION,
+    IMGSZ_MULTIPLE,
+    MIN_BATCH,
+    MIN_IMGSZ,
+    TRAINING_HELP,
+    TrainingCancelled,
+    TrainingReport,
+    card_path_for,
+    train_detector,
+)
 
 __all__ = [
-    "DEFAULT_BATCH", "DEFAULT_EPOCHS", "DEFAULT_IMGSZ", "FORMAT", "AnnotatedImage", "BoxScores", "ThresholdChoice",
-    "TrainingReport", "YoloDataset",
+    "DEFAULT_BATCH", "DEFAULT_EPOCHS", "DEFAULT_IMGSZ", "DEFAULT_VAL_FRACTION", "FORMAT", "IMGSZ_MULTIPLE",
+    "MIN_BATCH", "MIN_IMGSZ", "TRAINING_HELP", "AnnotatedImage", "BoxScores", "ThresholdChoice",
+    "TrainingCancelled", "TrainingReport", "YoloDataset",
     "boxes_from_labels", "card_path_for", "convert_detector", "count_matches", "evaluate_detector",
     "is_detector_state", "load_detector_state", "pair_files", "read_detector_state", "split_indices",
     "train_detector", "tune_thresholds", "write_yolo_dataset", "yolo_lines",

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..devices import resolve_device
 from ..errors import CheckpointError, InputError, OutputError
 from ..io import check_output_path
 from ..models import download
@@ -56,7 +57,31 @@ DEFAULT_IMGSZ = 1024
 """Network input size for training: MobileSAMv2 detects at 1024."""
 DEFAULT_BATCH = 8
 """Images per training batch."""
+DEFAULT_VAL_FRACTION = 0.2
+"""Share of the image pairs held out to pick the best epoch and the thresholds."""
+MIN_IMGSZ, IMGSZ_MULTIPLE = 64, 32
+"""Least network input size for training, and the step it comes in (the detector's largest stride)."""
+MIN_BATCH = 2
+"""Least batch size: BatchNorm needs two images."""
+TRAINING_HELP = {
+    "images": "images to train on; each is paired with the label image of the same name (or position)",
+    "labels": "label images of the images (0 = background, one id per object); each object becomes one box",
+    "out": "detector file to write (pickle-free, e.g. nuclei_detector.pt); its model card gets the suffix .json",
+    "start": "detector to start from: an ObjectAwareModel.pt-format file or one written by train-detector "
+             "(default: MobileSAMv2's ObjectAwareModel.pt)",
+    "epochs": "training epochs",
+    "imgsz": f"network input size in pixels, a multiple of {IMGSZ_MULTIPLE} of at least {MIN_IMGSZ}; "
+             "detect with the same size",
+    "batch": f"images per batch, at least {MIN_BATCH}",
+    "val_fraction": "share of the image pairs held out (at least one) to pick the best epoch and the thresholds",
+    "seed": "seed of the split and the training",
+}
+"""One line of help per setting of :func:`train_detector`, for the command line and the napari widget."""
 EpochCallback = Callable[[int, dict], "bool | None"]
+
+
+class TrainingCancelled(Exception):
+    """Training was cancelled through ``should_cancel``; nothing was written."""
 
 
 @dataclass
@@ -126,6 +151,7 @@ class _Progress:
     best_epoch: int = 0
     best_state: dict | None = None
     stopped_early: bool = False
+    should_cancel: _Cancel | None = None
 
 
 def train_detector(
@@ -139,12 +165,13 @@ def train_detector(
     imgsz: int = DEFAULT_IMGSZ,
     batch: int = DEFAULT_BATCH,
     device: str | torch.device = "auto",
-    val_fraction: float = 0.2,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     seed: int = 0,
     normalization: str = "auto",
     channel_axis: int | None = None,
     on_epoch: EpochCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
     allow_download: bool = True,
     workdir: str | os.PathLike | None = None,
     verbose: bool = False,
@@ -188,7 +215,10 @@ def train_detector(
         training; the best epoch so far is saved.
     should_stop : callable, optional
         Polled after every batch; returning True stops training after validating the current
-        epoch (for cancelling from a GUI). The best epoch so far is saved.
+        epoch. The best epoch so far is saved.
+    should_cancel : callable, optional
+        Polled after every batch and between the stages; returning True abandons training
+        (for a GUI's Cancel button): :class:`TrainingCancelled` is raised and nothing is written.
     allow_download : bool
         Whether the default starting detector may be downloaded.
     workdir : path-like, optional
@@ -211,26 +241,33 @@ def train_detector(
         half-written.
     CheckpointError, UntrustedWeightsError, WeightsUnavailableError
         The starting detector cannot be used.
+    TrainingCancelled
+        `should_cancel` returned True before the detector was written.
     """
     started = time.perf_counter()
     out = _check_out(out)
     _check_parameters(epochs, imgsz, batch)
     torch_device, ultralytics_device = _devices(device)
+    cancel = _Cancel(should_cancel)
     start_path, model, architecture, start_format = _starting_model(start, trust_weights, allow_download)
     work = _make_workdir(workdir)
     try:
+        cancel.check()
         dataset = write_yolo_dataset(images, labels, work / "dataset", val_fraction=val_fraction, seed=seed,
                                      normalization=normalization, channel_axis=channel_axis)
+        cancel.check()
         start_detector = to_inference(model).to(torch_device)
         evaluate = dict(imgsz=imgsz, device=torch_device)
         before = evaluate_detector(start_detector, dataset.val, conf=DEFAULT_CONF, iou=DEFAULT_IOU, **evaluate)
         before_tuned = tune_thresholds(start_detector, dataset.val, **evaluate)
         del start_detector
-        progress = _Progress(on_epoch, should_stop)
+        cancel.check()
+        progress = _Progress(on_epoch, should_stop, should_cancel=cancel)
         overrides = _overrides(dataset, work, epochs, imgsz, batch, ultralytics_device, seed, verbose)
         train_started = time.perf_counter()
         _run_trainer(overrides, dataset, model, progress, verbose, work)
         train_seconds = time.perf_counter() - train_started
+        cancel.check()
         model.load_state_dict(progress.best_state)
         model = model.float().cpu()
         final = to_inference(model).to(torch_device)
@@ -240,6 +277,7 @@ def train_detector(
         card = _card(images, labels, dataset, start_path, start_format, epochs, imgsz, batch, torch_device,
                      val_fraction, seed, normalization, progress, train_seconds, before, before_tuned,
                      thresholds, after_default, inference, started)
+        cancel.check()
         card_path = _write_outputs(model, architecture, inference, card, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -268,40 +306,36 @@ def _check_out(out: str | os.PathLike) -> Path:
 def _check_parameters(epochs: int, imgsz: int, batch: int) -> None:
     if not isinstance(epochs, int) or epochs < 1:
         raise InputError(f"epochs must be a whole number of at least 1, not {epochs!r}")
-    if not isinstance(imgsz, int) or imgsz < 64 or imgsz % 32:
-        raise InputError(f"imgsz must be a multiple of 32 of at least 64 (e.g. 640 or 1024), not {imgsz!r}")
-    if not isinstance(batch, int) or batch < 2:
-        raise InputError(f"batch must be a whole number of at least 2 (BatchNorm needs two images), not {batch!r}")
+    if not isinstance(imgsz, int) or imgsz < MIN_IMGSZ or imgsz % IMGSZ_MULTIPLE:
+        raise InputError(f"imgsz must be a multiple of {IMGSZ_MULTIPLE} of at least {MIN_IMGSZ} (e.g. 640 or 1024), "
+                         f"not {imgsz!r}")
+    if not isinstance(batch, int) or batch < MIN_BATCH:
+        raise InputError(f"batch must be a whole number of at least {MIN_BATCH} (BatchNorm needs two images), "
+                         f"not {batch!r}")
 
 
 def _devices(device: str | torch.device) -> tuple[torch.device, str]:
-    """The torch device and Ultralytics' name for it (``cpu``, ``0``, ``mps``)."""
-    name = str(device)
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    try:
-        resolved = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    """The torch device (:func:`~napari_mobilesamv2.devices.resolve_device`) and Ultralytics' name for it
+    (``cpu``, ``0``, ``mps``)."""
+    resolved = resolve_device(device)
     if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {name!r} was asked for but CUDA is not available; use device='cpu'")
         index = resolved.index or 0
-        if index >= torch.cuda.device_count():
-            raise InputError(f"{name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
         return torch.device("cuda", index), str(index)
-    if resolved.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise InputError("device 'mps' was asked for but Apple MPS is not available; use device='cpu'")
-        return resolved, "mps"
-    if resolved.type != "cpu":
-        raise InputError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    return resolved, "cpu"
+    return resolved, resolved.type
+
+
+class _Cancel:
+    """``should_cancel`` as a check that raises :class:`TrainingCancelled`."""
+
+    def __init__(self, should_cancel: Callable[[], bool] | None):
+        self.should_cancel = should_cancel
+
+    def __call__(self) -> bool:
+        return self.should_cancel is not None and bool(self.should_cancel())
+
+    def check(self) -> None:
+        if self():
+            raise TrainingCancelled("training was cancelled; no detector was written")
 
 
 def _starting_model(start, trust_weights: bool, allow_download: bool) -> tuple[Path, nn.Module, dict, str]:
@@ -449,12 +483,16 @@ def _quiet(enabled: bool) -> Iterator[None]:
 
 
 def _poll_stop(trainer, progress: _Progress) -> None:
+    if progress.should_cancel is not None:
+        progress.should_cancel.check()  # raises out of Ultralytics' loop: nothing is kept
     if progress.should_stop is not None and progress.should_stop():
         trainer.stop = True
         progress.stopped_early = True
 
 
 def _end_of_epoch(trainer, progress: _Progress) -> None:
+    if progress.should_cancel is not None:
+        progress.should_cancel.check()
     metrics = _epoch_metrics(trainer, progress)
     progress.history.append(metrics)
     key = (metrics["map50"], metrics["recall"])

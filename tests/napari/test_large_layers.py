@@ -14,9 +14,8 @@ import pytest
 from napari.layers import Image, Labels, Points, Shapes
 from standin import BlobPipeline, blobs
 
-from napari_mobilesamv2 import EverythingOptions, InputError, large_io, tiled
+from napari_mobilesamv2 import EverythingOptions, ImageOptions, InputError, large_io, tiled
 from napari_mobilesamv2.engine import run
-from napari_mobilesamv2.napari import api
 from napari_mobilesamv2.napari._layers import image_view
 from napari_mobilesamv2.napari.api import prepare_everything, prompt_windows, segment_anything, segment_everything
 
@@ -253,10 +252,19 @@ def test_prompt_windows_are_aligned_grouped_and_clamped():
 
 def test_read_window_gives_channels_last_pixels_of_one_window():
     data = np.arange(3 * 64 * 96, dtype=np.uint16).reshape(3, 64, 96)
-    view = image_view(Image(data), settings=api.ImageOptions(channel_axis=0))
+    view = image_view(Image(data), settings=ImageOptions(channel_axis=0))
     window = view.read_window((), slice(10, 20), slice(30, 50))
     np.testing.assert_array_equal(window, np.moveaxis(data, 0, -1)[10:20, 30:50])
     assert view.plane_shape == (64, 96)
     rgb = np.zeros((64, 96, 3), np.uint8)
     rgb[5, 7] = (1, 2, 3)
     assert image_view(Image(rgb, rgb=True)).read_window((), slice(5, 6), slice(7, 8)).tolist() == [[[1, 2, 3]]]
+
+
+@pytest.mark.parametrize("folder", [None, ""])
+def test_large_labels_go_to_the_cache_folder_by_default(tmp_path, monkeypatch, folder):
+    monkeypatch.setenv("NAPARI_MOBILESAMV2_CACHE", str(tmp_path))
+    layer, _ = counted_layer(big_image())
+    labels = segment_everything(layer, pipeline=BlobPipeline(), labels_folder=folder, name="cells: run 1", **TILING)
+    assert labels.name == "cells: run 1"
+    assert labels.metadata["mobilesamv2_labels"] == str(tmp_path / "labels" / "cells_run_1.zarr")

@@ -297,7 +297,8 @@ class SegmentEverythingWidget(JobWidget):
         self.decode_boxes_button = PushButton(text="Decode boxes")
         self.extend([
             self.images, self.model, self.strategy, self.main_options, self.show_advanced, self.advanced,
-            self.scope, self.link_iou, self.output, self.policy, self.labels_folder, self.run_button, self.cancel_button,
+            self.scope, self.link_iou, self.output, self.policy, self.labels_folder, self.run_button,
+            self.cancel_button,
             self.boxes, self.show_boxes_button, self.decode_boxes_button, self.status,
         ])
         self.strategy.changed.connect(self._show_applicable)

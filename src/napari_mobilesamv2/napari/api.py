@@ -278,7 +278,8 @@ def _objects_table(view: ImageView, plane: Plane, found, scores=None) -> dict[st
 
 def _new_output(folder: str | os.PathLike | None, name: str) -> Path:
     """A zarr path named after `name` in `folder` that no file or folder holds yet (nothing is overwritten)."""
-    folder = Path(folder).expanduser() if folder else default_labels_folder()
+    # an empty folder field (magicgui gives Path(".")) means the default folder, not the working directory
+    folder = Path(folder).expanduser() if folder and str(folder) not in ("", ".") else default_labels_folder()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -671,7 +672,9 @@ def segment_anything(
     * Only prompts on the current plane are used.
 
     The plane's embedding is cached, so running again with edited prompts only
-    runs the mask decoder. Other parameters are those of :func:`segment_everything`
+    runs the mask decoder. On a large plane (see :func:`is_large`) only windows
+    around the prompts are read and embedded (:func:`prompt_windows`; ``tile`` sets
+    their side, 1024 by default). Other parameters are those of :func:`segment_everything`
     (``encoder``, ``device``, ``trust_weights``, ``normalization``, ``channel_axis``,
     ``channels``).
     """

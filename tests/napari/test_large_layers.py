@@ -268,3 +268,29 @@ def test_large_labels_go_to_the_cache_folder_by_default(tmp_path, monkeypatch, f
     labels = segment_everything(layer, pipeline=BlobPipeline(), labels_folder=folder, name="cells: run 1", **TILING)
     assert labels.name == "cells: run 1"
     assert labels.metadata["mobilesamv2_labels"] == str(tmp_path / "labels" / "cells_run_1.zarr")
+
+
+def test_the_real_pipeline_segments_prompts_in_a_window_of_a_large_layer(tiny_pipeline, monkeypatch):
+    seen = []
+    embed = tiny_pipeline.embed
+    monkeypatch.setattr(tiny_pipeline, "embed", lambda rgb: (seen.append(rgb.shape), embed(rgb))[1])
+    layer, source = counted_layer(blobs((600, 700), ((300, 650),), radius=10, dtype=np.uint16))
+    box = Shapes([np.array([[285, 635], [285, 665], [315, 665], [315, 635]], float)], shape_type="rectangle")
+    labels = segment_anything(layer, shapes=box, pipeline=tiny_pipeline, **TILING)
+    assert seen == [(256, 256, 3)] and source.largest_read() <= 256 * 256
+    assert labels.data.shape == (600, 700) and set(np.unique(labels.data)) <= {0, 1}
+    mask = labels.data == 1
+    assert not mask[:, :444].any() and not mask[:128].any() and not mask[384:].any()  # window 128:384, 444:700
+    assert labels.features["id"].tolist() == ([1] if mask.any() else [])
+
+
+def test_the_real_pipeline_segments_a_large_layer_tile_by_tile(tiny_pipeline, tmp_path):
+    layer, source = counted_layer(blobs((600, 700), ((300, 650), (100, 100)), radius=10, dtype=np.uint16))
+    labels = segment_everything(layer, pipeline=tiny_pipeline, labels_folder=tmp_path, imgsz=256, max_prompts=2,
+                                **TILING)
+    assert source.largest_read() <= 256 * 256
+    assert labels.multiscale and labels.data[0].shape == (600, 700)
+    written = np.asarray(labels.data[0])
+    ids = sorted(int(i) for i in np.unique(written) if i)
+    assert labels.features["index"].tolist() == ids
+    assert labels.features["area"].tolist() == [int((written == i).sum()) for i in ids]

@@ -42,6 +42,8 @@ from .tiling import Tile, merge_tile_boxes, owner_tile, paint_window, shift_crop
 
 # Most pixels read to measure a large plane's intensity ranges (a regular subsample).
 RANGE_SAMPLE_PIXELS = 4_000_000
+LARGE_IMAGE_TILE = 1024
+"""Tile side for a plane too large for one untiled run when no tile size is chosen."""
 
 ReadWindow = Callable[[slice, slice], np.ndarray]
 
@@ -95,7 +97,13 @@ class TiledSegmentation:
 
 
 def tile_conversion(read_window: ReadWindow, shape: tuple[int, int], conversion: dict[str, Any]) -> dict[str, Any]:
-    """Conversion keywords with intensity ranges measured once on (a subsample of) the whole plane."""
+    """Conversion keywords with intensity ranges measured once on (a subsample of) the whole plane.
+
+    Nothing beyond one pixel is read when the conversion measures no range (e.g. uint8 with ``auto``).
+    """
+    probe = intensity_ranges(np.asarray(read_window(slice(0, 1), slice(0, 1))), **conversion)
+    if probe["normalization"] == conversion.get("normalization", "auto"):
+        return probe  # nothing measured: the pixels do not change the mapping
     step = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / RANGE_SAMPLE_PIXELS)))
     sample = np.asarray(read_window(slice(0, shape[0], step), slice(0, shape[1], step)))
     return intensity_ranges(sample, **conversion)

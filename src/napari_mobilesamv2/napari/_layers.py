@@ -24,6 +24,8 @@ from napari.layers import Image, Labels, Points, Shapes
 from ..decode.labels import merge_labels
 from ..engine import stack_keys
 from ..errors import InputError
+from ..imaging import channels_last
+from ..large_io import LazyImage, as_lazy
 from ..options import ImageOptions
 
 Plane = tuple[int, ...]
@@ -69,6 +71,12 @@ class ImageView:
             shape[self.channel_axis] = 1
         return tuple(shape)
 
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        """(H, W) of a plane: the sizes of the two plane axes."""
+        rows, cols = self.plane_axes
+        return int(self.data.shape[rows]), int(self.data.shape[cols])
+
     def planes(self) -> list[Plane]:
         """Every plane of the stack, in C order."""
         return stack_keys(self.stack_shape)
@@ -96,6 +104,36 @@ class ImageView:
     def read(self, plane: Plane) -> np.ndarray:
         """The pixels of one plane (only that plane is read from dask/zarr data)."""
         return np.asarray(self.data[self.key(plane)])
+
+    def window_key(self, plane: Plane, rows: slice, cols: slice) -> tuple:
+        """Index of the window ``[rows, cols]`` of `plane` into the layer data."""
+        return self._with_window(self.key(plane), rows, cols)
+
+    def labels_window_key(self, plane: Plane, rows: slice, cols: slice) -> tuple:
+        """Index of the window ``[rows, cols]`` of `plane` into the output labels."""
+        return self._with_window(self.labels_key(plane), rows, cols)
+
+    def _with_window(self, key: tuple, rows: slice, cols: slice) -> tuple:
+        index = list(key)
+        index[self.plane_axes[0]], index[self.plane_axes[1]] = rows, cols
+        return tuple(index)
+
+    def lazy(self) -> LazyImage:
+        """The layer's data (the full-resolution level of a multiscale layer), read only where sliced."""
+        return as_lazy(self.data, has_channels=bool(self.layer.rgb))
+
+    def read_window(self, plane: Plane, rows: slice, cols: slice) -> np.ndarray:
+        """The pixels of one window of a plane, channels last: (h, w) or (h, w, C).
+
+        Only the window is read from numpy, dask, zarr or multiscale data; `rows` and
+        `cols` may have a step (a regular subsample).
+        """
+        pixels = self.lazy()[self.window_key(plane, rows, cols)]
+        return channels_last(pixels, self.conversion().get("channel_axis"))
+
+    def window_conversion(self) -> dict:
+        """:meth:`conversion` for the channels-last pixels of :meth:`read_window`."""
+        return {k: v for k, v in self.conversion().items() if k != "channel_axis"}
 
     def conversion(self) -> dict:
         """Keyword arguments of :func:`~napari_mobilesamv2.to_rgb_uint8` for a plane."""
@@ -213,6 +251,11 @@ def check_output(view: ImageView, labels: Labels | None) -> None:
         return
     if not isinstance(labels, Labels):
         raise InputError(f"{labels.name!r} is not a labels layer")
+    if labels.multiscale or hasattr(labels.data, "dask"):
+        raise InputError(
+            f"the labels layer {labels.name!r} is read from a file (dask or multiscale data) and cannot be "
+            "written here; choose 'new labels layer'"
+        )
     if tuple(labels.data.shape) != view.labels_shape:
         raise InputError(
             f"the labels layer {labels.name!r} has shape {tuple(labels.data.shape)}, but labels for "
@@ -249,14 +292,29 @@ def write_into_layer(layer: Labels, new: np.ndarray, key: tuple, policy: str) ->
     dict
         id in `new` -> id written into the layer.
     """
-    region = np.asarray(layer.data[key])
-    merged, id_map = merge_into(region, new, policy, layer_max=_max_id(layer))
-    if merged.dtype != layer.data.dtype:
+    return write_pieces_into_layer(layer, [(key, new)], policy)
+
+
+def write_pieces_into_layer(layer: Labels, pieces: Sequence[tuple[tuple, np.ndarray]], policy: str) -> dict[int, int]:
+    """:func:`write_into_layer` for labels in several disjoint regions ``(key, labels)``, one undo step."""
+    layer_max = _max_id(layer)
+    id_map: dict[int, int] = {}
+    indices, values, dtypes = [], [], [layer.data.dtype]
+    for key, new in pieces:
+        region = np.asarray(layer.data[key])
+        merged, piece_map = merge_into(region, new, policy, layer_max=layer_max)
+        id_map.update(piece_map)
+        changed = np.nonzero(merged != region)
+        indices.append(_full_index(key, changed))
+        values.append(merged[changed])
+        dtypes.append(merged.dtype)
+    wide = np.result_type(*dtypes)
+    if wide != layer.data.dtype:
         # The ids do not fit the layer's dtype: widen it (its earlier history stays valid).
-        layer.data = np.asarray(layer.data).astype(merged.dtype)
-    changed = np.nonzero(merged != region)
-    if changed[0].size:
-        layer.data_setitem(_full_index(key, changed), merged[changed])
+        layer.data = np.asarray(layer.data).astype(wide)
+    if sum(v.size for v in values):
+        index = tuple(np.concatenate(axis) for axis in zip(*indices))
+        layer.data_setitem(index, np.concatenate(values).astype(wide))
     return id_map
 
 
@@ -277,25 +335,45 @@ def _max_id(layer: Labels) -> int:
 
 
 def _full_index(key: tuple, region_index: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """Turn indices inside ``data[key]`` into indices into ``data``."""
+    """Turn indices inside ``data[key]`` into indices into ``data`` (slices may start anywhere)."""
     n = region_index[0].size
     region_axes = iter(region_index)
     full = []
     for k in key:
-        full.append(np.full(n, k, dtype=np.intp) if isinstance(k, (int, np.integer)) else next(region_axes))
+        if isinstance(k, (int, np.integer)):
+            full.append(np.full(n, k, dtype=np.intp))
+        else:
+            full.append(next(region_axes).astype(np.intp) + (k.start or 0))
     full.extend(region_axes)  # axes after the key
     return tuple(full)
 
 
-def object_features(table: dict[str, np.ndarray], id_map: dict[int, int], labels: np.ndarray) -> pd.DataFrame:
+def label_counts(regions: Sequence[np.ndarray], top_id: int) -> np.ndarray:
+    """Pixels of each label value 0..`top_id` (at least) in disjoint label regions."""
+    counts = np.zeros(top_id + 1, np.int64)
+    for region in regions:
+        found = np.bincount(np.asarray(region).ravel().astype(np.int64), minlength=top_id + 1)
+        if len(found) > len(counts):
+            counts = np.pad(counts, (0, len(found) - len(counts)))
+        counts[: len(found)] += found
+    return counts
+
+
+def object_features(
+    table: dict[str, np.ndarray], id_map: dict[int, int], labels: np.ndarray | None = None, *,
+    counts: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Rows of the labels layer's features for newly written, visible objects.
 
     ``index`` (napari's key from label value to row) and ``id`` hold the written id;
-    ``area`` counts the object's pixels in `labels` after writing.
+    ``area`` counts the object's pixels in `labels` after writing, or is read from
+    `counts` (pixels per label value, see :func:`label_counts`).
     """
     ids = np.asarray(table["id"], dtype=np.int64)
     written = np.array([id_map.get(int(i), 0) for i in ids], dtype=np.int64)
-    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64), minlength=int(written.max(initial=0)) + 1)
+    if counts is None:
+        counts = label_counts([labels], int(written.max(initial=0)))
+    counts = np.pad(counts, (0, max(0, int(written.max(initial=0)) + 1 - len(counts))))
     present = (written > 0) & (counts[written] > 0)  # objects hidden by others get no row
     slices = table.get("slice", np.full(len(ids), "", dtype=object))
     frame = pd.DataFrame({

@@ -18,6 +18,7 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
+    FileEdit,
     Label,
     LineEdit,
     PushButton,
@@ -288,13 +289,16 @@ class SegmentEverythingWidget(JobWidget):
         self.link_iou = option_widget(everything["link_iou"])
         self.output = ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"))
         self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids")
+        self.labels_folder = FileEdit(label="large labels folder", mode="d", value=api.default_labels_folder(),
+                                      tooltip=api.LABELS_FOLDER_HELP.format(limit=api.large_io.NAPARI_PLANE_LIMIT))
         self.run_button = PushButton(text="Segment everything")
         self.boxes = ComboBox(label="boxes layer", choices=_layers_of(viewer, Shapes, "none"))
         self.show_boxes_button = PushButton(text="Show boxes")
         self.decode_boxes_button = PushButton(text="Decode boxes")
         self.extend([
             self.images, self.model, self.strategy, self.main_options, self.show_advanced, self.advanced,
-            self.scope, self.link_iou, self.output, self.policy, self.run_button, self.cancel_button,
+            self.scope, self.link_iou, self.output, self.policy, self.labels_folder, self.run_button,
+            self.cancel_button,
             self.boxes, self.show_boxes_button, self.decode_boxes_button, self.status,
         ])
         self.strategy.changed.connect(self._show_applicable)
@@ -325,7 +329,7 @@ class SegmentEverythingWidget(JobWidget):
         """Segment everything with the current settings (in a worker)."""
         self.launch(lambda: api.prepare_everything(
             self.images.selected_image(), self.viewer, output=self.output.value, policy=self.policy.value,
-            scope=self.scope.value, **self.settings(),
+            scope=self.scope.value, labels_folder=self.labels_folder.value, **self.settings(),
         ))
 
     def show_boxes(self) -> None:

@@ -13,21 +13,30 @@ Settings are plain keywords: the fields of :class:`~napari_mobilesamv2.options.M
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, fields
+import math
+import os
+import re
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field, fields
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
-from .. import engine
-from ..decode.labels import ID_POLICIES
-from ..errors import InputError
+from .. import engine, large_io, tiled
+from ..decode.labels import ID_POLICIES, paint_order
+from ..decode.prompted import ObjectPrompt
+from ..errors import InputError, OutputError
+from ..imaging import MAX_PIXELS
+from ..models.download import cache_dir
 from ..options import EverythingOptions, ImageOptions, ModelOptions
+from ..prompts.user import check_object, objects_from_prompts
 from ..protocols import SegmentationPipeline
 from ..results import Segmentation
 from ..stack import linked_table
+from ..tiling import paint_window, shift_crop
 from ._layers import (
     ImageView,
     Plane,
@@ -37,15 +46,22 @@ from ._layers import (
     check_output,
     current_plane,
     image_view,
+    label_counts,
     new_labels_data,
     object_features,
     points_on_plane,
     shapes_to_boxes,
-    write_into_layer,
+    write_pieces_into_layer,
 )
-from ._models import EMBEDDINGS, get_pipeline
+from ._models import EMBEDDINGS, EmbeddingCache, get_pipeline
 
 SCOPES = ("plane", "stack")
+LABELS_SUBFOLDER = "labels"
+"""Folder of the cache folder where large results are written unless another folder is chosen."""
+LABELS_FOLDER_HELP = (
+    "labels of a plane larger than {limit} px on a side are written here as a new zarr folder named after the "
+    "layer (nothing is overwritten) and shown from there"
+)
 
 
 def pipeline_for(model: ModelOptions) -> SegmentationPipeline:
@@ -55,11 +71,28 @@ def pipeline_for(model: ModelOptions) -> SegmentationPipeline:
 
 @dataclass
 class LabelsResult:
-    """Labels to write at `key` of the output, with one table row per object."""
+    """Labels to write at `key` of the output, with one table row per object.
 
-    labels: np.ndarray
-    key: tuple
+    `pieces`, when given, replaces (`key`, `labels`): labels of several disjoint
+    windows of the output, as ``(key, labels)`` pairs.
+    """
+
+    labels: np.ndarray | None
+    key: tuple | None
     table: dict[str, np.ndarray]
+    pieces: list[tuple[tuple, np.ndarray]] | None = None
+
+    def parts(self) -> list[tuple[tuple, np.ndarray]]:
+        return self.pieces if self.pieces is not None else [(self.key, self.labels)]
+
+
+@dataclass
+class StoredLabels:
+    """Labels written to a zarr array at `path` (a large result), with one table row per object."""
+
+    path: Path
+    table: dict[str, np.ndarray]
+    counts: np.ndarray = field(repr=False)
 
 
 @dataclass
@@ -122,6 +155,7 @@ def prepare_everything(
     boxes_xyxy: np.ndarray | None = None,
     box_scores: np.ndarray | None = None,
     name: str | None = None,
+    labels_folder: str | os.PathLike | None = None,
     **settings,
 ) -> Job:
     """A :class:`Job` that segments everything in the current plane or the whole stack.
@@ -134,26 +168,145 @@ def prepare_everything(
     view = image_view(image, viewer, image_options)
     check_output(view, output)
     planes = view.planes() if scope == "stack" else [_plane(view, viewer, plane)]
+    name = name or f"{image.name} objects"
+    tiles = scope == "plane" and boxes_xyxy is None and _tiles_plane(view, options)
+    if tiles:
+        options = options.replace(tile=tile_side(options))
+    stored = scope == "plane" and output is None and is_large(view) and _plane_is_last(view)
 
     def steps():
         pipe = yield from _load(pipeline, model)
         embedding_of = partial(_plane_embedding, pipe, view)
-        if scope == "plane":
+        if scope == "stack":
+            stacked = yield from engine.segment_stack_steps(
+                pipe, view.stack_shape, view.read, options, view.conversion(), embedding_of=embedding_of,
+            )
+            return _stack_result(view, stacked)
+        if tiles:
+            found = yield from tiled.segment_tiled_steps(
+                pipe, view.plane_shape, partial(view.read_window, planes[0]), options, view.window_conversion(),
+                plane=planes[0],
+            )
+        else:
             found, = yield from engine.segment_planes(
                 pipe, planes, view.read, options, view.conversion(), embedding_of=embedding_of, boxes_xyxy=boxes_xyxy,
             )
-            return _plane_result(view, planes[0], found, box_scores)
-        stacked = yield from engine.segment_stack_steps(
-            pipe, view.stack_shape, view.read, options, view.conversion(), embedding_of=embedding_of,
-        )
-        return _stack_result(view, stacked)
+        if stored:
+            return (yield from _store_labels(view, planes[0], found, labels_folder, name, box_scores))
+        if tiles:
+            found = found.segmentation()
+        return _plane_result(view, planes[0], found, box_scores)
 
-    def apply(result: LabelsResult) -> Labels:
-        return apply_labels(result, view, viewer, output, policy, name or f"{image.name} objects")
+    def apply(result: LabelsResult | StoredLabels) -> Labels:
+        if isinstance(result, StoredLabels):
+            return add_stored_labels(result, view, viewer, name)
+        return apply_labels(result, view, viewer, output, policy, name)
 
     where = "the whole stack" if scope == "stack" else "the current plane"
     total = len(planes)
     return Job(steps, total, apply, f"segment everything in {where} of {image.name}")
+
+
+def is_large(view: ImageView) -> bool:
+    """Whether the planes of `view` are large: longer than :data:`~napari_mobilesamv2.large_io.NAPARI_PLANE_LIMIT`
+    on a side. Large planes are segmented in tiles, their new labels are written to a zarr
+    folder, and segment anything embeds only windows around the prompts."""
+    return max(view.plane_shape) > large_io.NAPARI_PLANE_LIMIT
+
+
+def tile_side(options: EverythingOptions) -> int:
+    """The tile (and segment-anything window) side: ``options.tile``, else
+    :data:`~napari_mobilesamv2.tiled.LARGE_IMAGE_TILE`."""
+    return options.tile if options.tile is not None else tiled.LARGE_IMAGE_TILE
+
+
+def default_labels_folder() -> Path:
+    """Where large results are written unless another folder is chosen: ``labels`` in the cache folder."""
+    return cache_dir() / LABELS_SUBFOLDER
+
+
+def _tiles_plane(view: ImageView, options: EverythingOptions) -> bool:
+    """Whether a plane is segmented tile by tile: a chosen tile smaller than the plane, or a large plane."""
+    if options.strategy != "object-aware":
+        return False
+    if options.tile is not None:
+        return max(view.plane_shape) > options.tile
+    return is_large(view)
+
+
+def _plane_is_last(view: ImageView) -> bool:
+    """Whether the plane axes are the layer's last two (as a zarr label pyramid needs)."""
+    return view.plane_axes == (view.ndim - 2, view.ndim - 1)
+
+
+def _store_labels(
+    view: ImageView, plane: Plane, found, folder: str | os.PathLike | None, name: str, scores=None,
+) -> engine.Steps[StoredLabels]:
+    """Write the labels of a large plane to a new zarr array, one chunk-sized window at a time.
+
+    `found` is a :class:`~napari_mobilesamv2.tiled.TiledSegmentation` (labels painted
+    window by window) or a :class:`~napari_mobilesamv2.results.Segmentation`.
+    """
+    path = _new_output(folder, name)
+    height, width = view.plane_shape
+    side = large_io.DEFAULT_CHUNK
+    windows = [(slice(y, min(height, y + side)), slice(x, min(width, x + side)))
+               for y in range(0, height, side) for x in range(0, width, side)]
+    labels = getattr(found, "labels", None)
+    counts = np.zeros(len(found) + 1, np.int64)
+    axes = None if view.ndim <= 4 else "".join(chr(ord("a") + i) for i in range(view.ndim - 2)) + "yx"
+    # leaving the block by an error or a cancelled run discards the partial output
+    with large_io.LabelsWriter(path, view.labels_shape, axes=axes) as writer:
+        for done, (rows, cols) in enumerate(windows):
+            block = labels[rows, cols] if labels is not None else found.paint(rows, cols)[0]
+            counts += np.bincount(block.ravel(), minlength=len(counts))[: len(counts)]
+            writer.write(view.labels_window_key(plane, rows, cols), block)
+            yield engine.Progress("writing", done + 1, len(windows), f"writing labels {done + 1} of {len(windows)}")
+    return StoredLabels(path, _objects_table(view, plane, found, scores), counts)
+
+
+def _objects_table(view: ImageView, plane: Plane, found, scores=None) -> dict[str, np.ndarray]:
+    n = len(found)
+    scores = scores if scores is not None and len(scores) == n else found.score
+    return {
+        "id": np.arange(1, n + 1, dtype=np.int64), "score": np.asarray(scores, np.float32),
+        "predicted_iou": np.asarray(found.predicted_iou, np.float32),
+        "stability": np.asarray(found.stability, np.float32),
+        "slice": np.full(n, view.describe(plane), dtype=object),
+    }
+
+
+def _new_output(folder: str | os.PathLike | None, name: str) -> Path:
+    """A zarr path named after `name` in `folder` that no file or folder holds yet (nothing is overwritten)."""
+    # an empty folder field (magicgui gives Path(".")) means the default folder, not the working directory
+    folder = Path(folder).expanduser() if folder and str(folder) not in ("", ".") else default_labels_folder()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"cannot create the labels folder {folder} ({error.strerror or error}); choose another folder"
+        ) from None
+    stem = re.sub(r"[^\w.-]+", "_", name).strip("._") or "labels"
+    for number in range(1, 10_000):
+        path = folder / (f"{stem}.zarr" if number == 1 else f"{stem}_{number}.zarr")
+        if not path.exists() and not path.with_name(path.name + ".partial").exists():
+            return path
+    raise OutputError(f"the labels folder {folder} holds too many outputs named {stem}; choose another folder")
+
+
+def add_stored_labels(result: StoredLabels, view: ImageView, viewer, name: str) -> Labels:
+    """A new Labels layer that reads `result`'s zarr array (a pyramid for large planes), with its features."""
+    data = large_io.open_labels_for_napari(result.path)
+    layer = Labels(
+        data, name=name, multiscale=isinstance(data, list), metadata={"mobilesamv2_labels": str(result.path)},
+        **view.labels_transform(),
+    )
+    table = result.table
+    id_map = {int(i): int(i) for i in table["id"]}
+    add_features(layer, object_features(table, id_map, counts=result.counts))
+    if viewer is not None:
+        _add_above(viewer, layer, view.layer)
+    return layer
 
 
 def segment_everything(
@@ -166,6 +319,7 @@ def segment_everything(
     plane: Plane | None = None,
     pipeline: SegmentationPipeline | None = None,
     name: str | None = None,
+    labels_folder: str | os.PathLike | None = None,
     **settings,
 ) -> Labels:
     """Segment every object of an image layer into a labels layer.
@@ -192,11 +346,16 @@ def segment_everything(
         instead of building one from `encoder` and `device`.
     name : str, optional
         Name of a new labels layer (default ``"<image> objects"``).
+    labels_folder : str or path-like, optional
+        Where the labels of a large plane (see :func:`is_large`) are written, as a new
+        zarr array named after the layer (an existing one is never replaced); default
+        :func:`default_labels_folder`. The new layer reads them from there.
     **settings
         Any field of :class:`~napari_mobilesamv2.options.ModelOptions` (``encoder``,
         ``device``, ``trust_weights``), :class:`~napari_mobilesamv2.options.EverythingOptions`
         (``strategy``, ``conf``, ``iou``, ``imgsz``, ``max_prompts``, ``batch_size``,
-        ``exact``, ``min_*`` filters, ``points_per_side``, ``link_iou``) and
+        ``exact``, ``min_*`` filters, ``points_per_side``, ``link_iou``, ``tile``,
+        ``overlap``) and
         :class:`~napari_mobilesamv2.options.ImageOptions` (``normalization``,
         ``channel_axis``, ``channels``).
 
@@ -208,7 +367,7 @@ def segment_everything(
     """
     return prepare_everything(
         image, viewer, output=output, policy=policy, scope=scope, plane=plane, pipeline=pipeline, name=name,
-        **settings,
+        labels_folder=labels_folder, **settings,
     ).run()
 
 
@@ -260,19 +419,22 @@ def apply_labels(
     result: LabelsResult, view: ImageView, viewer, output: Labels | None, policy: str, name: str
 ) -> Labels:
     """Write a result into `output` (one undo step) or into a new labels layer."""
+    parts = result.parts()
     if output is None:
         data = new_labels_data(view)
-        data[result.key] = result.labels
+        for key, labels in parts:
+            data[key] = labels
         id_map = {int(i): int(i) for i in result.table["id"]}
         layer = Labels(data, name=name, **view.labels_transform())
         if viewer is not None:
             _add_above(viewer, layer, view.layer)
     else:
         check_output(view, output)
-        id_map = write_into_layer(output, result.labels, result.key, policy)
+        id_map = write_pieces_into_layer(output, parts, policy)
         layer = output
-    written = np.asarray(layer.data[result.key])
-    add_features(layer, object_features(result.table, id_map, written))
+    top = max(id_map.values(), default=0)
+    counts = label_counts([np.asarray(layer.data[key]) for key, _ in parts], top)
+    add_features(layer, object_features(result.table, id_map, counts=counts))
     return layer
 
 
@@ -293,7 +455,7 @@ def prepare_anything(
     **settings,
 ) -> Job:
     """A :class:`Job` that segments the prompted objects; see :func:`segment_anything`."""
-    model, _, image_options = split_settings(settings)
+    model, options, image_options = split_settings(settings)
     _check_choice("id policy", policy, ID_POLICIES)
     view = image_view(image, viewer, image_options)
     check_output(view, output)
@@ -308,8 +470,16 @@ def prepare_anything(
             "background and need a positive point or a box too)"
         )
 
+    windowed = is_large(view)
+    if windowed:
+        objects = [check_object(o, view.plane_shape) for o in objects_from_prompts(
+            prompts.points, prompts.labels, prompts.groups, boxes)]
+        windows = prompt_windows([_extent(o) for o in objects], view.plane_shape, tile_side(options))
+
     def steps():
         pipe = yield from _load(pipeline, model)
+        if windowed:
+            return (yield from _segment_windows(pipe, view, plane, objects, windows))
         found = pipe.segment_anything(
             view.read(plane), points=prompts.points, point_labels=prompts.labels, point_groups=prompts.groups,
             boxes=boxes, embedding=cached_embedding(pipe, view, plane), **view.conversion(),
@@ -321,6 +491,161 @@ def prepare_anything(
         return apply_labels(result, view, viewer, output, policy, name or f"{image.name} objects")
 
     return Job(steps, 1, apply, f"segment anything in {image.name}")
+
+
+Window = tuple[int, int, int, int]
+"""(y0, x0, y1, x1) of a window of a plane, half-open pixel edges."""
+
+
+def prompt_windows(extents: Sequence[Window], shape: tuple[int, int], side: int) -> list[tuple[Window, list[int]]]:
+    """Windows to embed around prompted objects, and which objects each one decodes.
+
+    Objects are taken in order; each joins the first group whose bounding rectangle
+    stays within `side` x `side` pixels with it, else starts a group. A group's window
+    is `side` x `side` (the plane, along an axis shorter than `side`), chosen among
+    windows on a grid of `side`/2 steps (so nearby prompts reuse one cached
+    embedding), the one that holds the group most centrally; when no grid window
+    holds it, the window is centred on it and kept inside the plane. A single object
+    larger than `side` gets its bounding rectangle with a margin of `side`/8.
+
+    Parameters
+    ----------
+    extents : sequence of (y0, x0, y1, x1)
+        Each object's prompts as a rectangle of pixel edges inside the plane.
+    shape : (int, int)
+        (H, W) of the plane.
+    side : int
+        Window side.
+
+    Returns
+    -------
+    list of (window, members)
+        One window per group, with the positions of its objects in `extents`.
+
+    Raises
+    ------
+    InputError
+        One object's window would hold more pixels than one embedding can take.
+    """
+    groups: list[tuple[list[int], list[int]]] = []  # (bounding rectangle, members)
+    for i, extent in enumerate(extents):
+        for box, members in groups:
+            joined = [min(box[0], extent[0]), min(box[1], extent[1]), max(box[2], extent[2]), max(box[3], extent[3])]
+            if joined[2] - joined[0] <= side and joined[3] - joined[1] <= side:
+                box[:] = joined
+                members.append(i)
+                break
+        else:
+            groups.append((list(extent), [i]))
+    windows = []
+    for box, members in groups:
+        y0, y1 = _window_span(box[0], box[2], shape[0], side)
+        x0, x1 = _window_span(box[1], box[3], shape[1], side)
+        if (y1 - y0) * (x1 - x0) > MAX_PIXELS:
+            raise InputError(
+                f"the prompts of one object span {box[2] - box[0]} x {box[3] - box[1]} pixels, more than one "
+                "embedding can take; draw a smaller box"
+            )
+        windows.append(((y0, x0, y1, x1), members))
+    return windows
+
+
+def _window_span(low: int, high: int, size: int, side: int) -> tuple[int, int]:
+    """Start and stop of a window along one axis holding ``[low, high)`` (see :func:`prompt_windows`)."""
+    if size <= side:
+        return 0, size
+    if high - low > side:
+        margin = side // 8
+        return max(0, low - margin), min(size, high + margin)
+    step = max(1, side // 2)
+    starts = sorted({min(k * step, size - side) for k in range(math.ceil((size - side) / step) + 1)})
+    centre = (low + high) / 2
+    holding = [s for s in starts if s <= low and high <= s + side]
+    if holding:
+        start = min(holding, key=lambda s: (abs(s + side / 2 - centre), s))
+    else:
+        start = int(np.clip(round(centre - side / 2), 0, size - side))
+    return start, start + side
+
+
+def _extent(obj: ObjectPrompt) -> Window:
+    """The pixels an object's positive points and box cover, as (y0, x0, y1, x1) pixel edges."""
+    corners = [np.asarray(obj.points, np.float64)[np.asarray(obj.labels) == 1]]
+    if obj.box is not None:
+        x0, y0, x1, y1 = np.asarray(obj.box, np.float64)
+        corners.append(np.array([[x0, y0], [max(x0, x1 - 1e-6), max(y0, y1 - 1e-6)]]))
+    xy = np.concatenate(corners).reshape(-1, 2)
+    (left, top), (right, bottom) = np.floor(xy.min(0)), np.floor(xy.max(0)) + 1
+    return int(top), int(left), int(bottom), int(right)
+
+
+def _in_window(obj: ObjectPrompt, window: Window) -> ObjectPrompt:
+    """`obj` in window coordinates; negative points outside the window are left out."""
+    y0, x0, y1, x1 = window
+    points = np.asarray(obj.points, np.float32).reshape(-1, 2) - np.array([x0, y0], np.float32)
+    inside = (points[:, 0] >= 0) & (points[:, 0] < x1 - x0) & (points[:, 1] >= 0) & (points[:, 1] < y1 - y0)
+    box = None if obj.box is None else np.asarray(obj.box, np.float32) - np.array([x0, y0, x0, y0], np.float32)
+    return ObjectPrompt(points[inside], np.asarray(obj.labels, np.int64)[inside], box)
+
+
+# Intensity ranges of recently segmented planes (per layer, plane and conversion), for windows
+RANGES = EmbeddingCache(size=8)
+
+
+def _segment_windows(
+    pipe: SegmentationPipeline, view: ImageView, plane: Plane, objects: list[ObjectPrompt],
+    windows: list[tuple[Window, list[int]]],
+) -> engine.Steps[LabelsResult]:
+    """Segment prompted objects of a large plane, embedding only a window around each group of them."""
+    conversion = RANGES.get_or_compute(view.cache_key(plane), lambda: tiled.tile_conversion(
+        partial(view.read_window, plane), view.plane_shape, view.window_conversion()))
+    n = len(objects)
+    crops: list = [None] * n
+    predicted_iou, stability = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    for done, (window, members) in enumerate(windows):
+        y0, x0, y1, x1 = window
+        pixels = view.read_window(plane, slice(y0, y1), slice(x0, x1))
+
+        def embed(pixels=pixels):
+            return pipe.embed(pipe.prepare_image(pixels, **conversion))
+
+        embedding = EMBEDDINGS.get_or_compute((id(pipe), *view.cache_key(plane), ("window", *window)), embed)
+        found = pipe.segment_prompts(pixels, [_in_window(objects[i], window) for i in members], embedding=embedding,
+                                     **conversion)
+        for k, i in enumerate(members):
+            crops[i] = shift_crop(found.crops[k], y0, x0)
+        predicted_iou[members], stability[members] = found.predicted_iou, found.stability
+        yield engine.Progress("decoding", done + 1, len(windows), f"window {done + 1} of {len(windows)}: "
+                                                                   f"{len(members)} objects")
+    order = paint_order(np.array([c.area for c in crops], np.int64))
+    pieces = []
+    for y0, x0, y1, x1 in _disjoint([w for w, _ in windows]):
+        rows, cols = slice(y0, y1), slice(x0, x1)
+        pieces.append((view.labels_window_key(plane, rows, cols), paint_window(crops, (rows, cols), order=order)[0]))
+    table = {
+        "id": np.arange(1, n + 1, dtype=np.int64), "score": np.full(n, np.nan, np.float32),
+        "predicted_iou": predicted_iou, "stability": stability, "slice": np.full(n, view.describe(plane), dtype=object),
+    }
+    return LabelsResult(None, None, table, pieces)
+
+
+def _disjoint(windows: list[Window]) -> list[Window]:
+    """Overlapping windows joined into their bounding rectangles, until none overlap."""
+    rects = [list(w) for w in windows]
+    joined = True
+    while joined:
+        joined = False
+        for i in range(len(rects)):
+            for j in range(i + 1, len(rects)):
+                a, b = rects[i], rects[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    rects[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                    del rects[j]
+                    joined = True
+                    break
+            if joined:
+                break
+    return [tuple(r) for r in rects]
 
 
 def segment_anything(
@@ -347,7 +672,9 @@ def segment_anything(
     * Only prompts on the current plane are used.
 
     The plane's embedding is cached, so running again with edited prompts only
-    runs the mask decoder. Other parameters are those of :func:`segment_everything`
+    runs the mask decoder. On a large plane (see :func:`is_large`) only windows
+    around the prompts are read and embedded (:func:`prompt_windows`; ``tile`` sets
+    their side, 1024 by default). Other parameters are those of :func:`segment_everything`
     (``encoder``, ``device``, ``trust_weights``, ``normalization``, ``channel_axis``,
     ``channels``).
     """

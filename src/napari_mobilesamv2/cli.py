@@ -21,7 +21,7 @@ import numpy as np
 from .errors import InputError, MobileSAMv2Error, OutputError
 from .models.registry import WEIGHT_FILES, default_weight_set
 from .imaging import MAX_PIXELS
-from .options import EverythingOptions, ImageOptions, ModelOptions, OptionInfo, options_of
+from .options import LARGE_IMAGE_TILE, EverythingOptions, ImageOptions, ModelOptions, OptionInfo, options_of
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".zarr")
 EXIT_USER_ERROR = 2
@@ -526,7 +526,6 @@ class PlaneRun:
             write_json(self.proposals_path, coco_results(result, image_id=self.image_id))
 
 
-LARGE_IMAGE_TILE = 1024
 PAINT_WINDOW = 2048  # labels of large images are painted and written in windows of this many pixels a side
 
 

@@ -36,14 +36,12 @@ from .decode.masks import MaskCrop
 from .decode.prompted import DecodedMasks
 from .steps import PlaneKey, Progress, Steps, embed_cached
 from .imaging import intensity_ranges
-from .options import BORDER_SNAP, EverythingOptions
+from .options import BORDER_SNAP, LARGE_IMAGE_TILE, EverythingOptions
 from .results import Segmentation, quality_mask
 from .tiling import Tile, merge_tile_boxes, owner_tile, paint_window, shift_crop, snap_to_image_border, tile_grid
 
 # Most pixels read to measure a large plane's intensity ranges (a regular subsample).
 RANGE_SAMPLE_PIXELS = 4_000_000
-LARGE_IMAGE_TILE = 1024
-"""Tile side for a plane too large for one untiled run when no tile size is chosen."""
 
 ReadWindow = Callable[[slice, slice], np.ndarray]
 

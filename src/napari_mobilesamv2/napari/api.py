@@ -216,7 +216,7 @@ def is_large(view: ImageView) -> bool:
 
 def tile_side(options: EverythingOptions) -> int:
     """The tile (and segment-anything window) side: ``options.tile``, else
-    :data:`~napari_mobilesamv2.tiled.LARGE_IMAGE_TILE`."""
+    :data:`~napari_mobilesamv2.options.LARGE_IMAGE_TILE`."""
     return options.tile if options.tile is not None else tiled.LARGE_IMAGE_TILE
 
 

@@ -88,7 +88,8 @@ class BlobPipeline:
             raise self.fail_with
         self.embed_calls += 1
         grey = torch.from_numpy(_grey(image_rgb))
-        return ImageEmbedding(grey, tuple(grey.shape), tuple(grey.shape))
+        # (1, C, h, w) like SAM's features, so the on-disk embedding cache can keep it
+        return ImageEmbedding(grey[None, None].contiguous(), tuple(grey.shape), tuple(grey.shape))
 
     @property
     def encoder_id(self) -> str:
@@ -202,7 +203,7 @@ class BlobPipeline:
         return self.segment_prompts(image, objects, embedding=embedding, **conversion)
 
     def _regions(self, embedding: ImageEmbedding) -> np.ndarray:
-        return self.find_regions(embedding.features.numpy())
+        return self.find_regions(embedding.features.numpy()[0, 0])
 
 
 def _grey(image_rgb: np.ndarray) -> np.ndarray:

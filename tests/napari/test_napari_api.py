@@ -289,6 +289,24 @@ def test_the_embedding_cache_is_keyed_by_plane_and_settings(make_napari_viewer, 
     assert blob_pipeline.embed_calls == 3
 
 
+def test_an_embeddings_folder_keeps_embeddings_across_sessions(make_napari_viewer, blob_pipeline, tmp_path):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(blobs())
+    folder = tmp_path / "embeddings"
+    EMBEDDINGS.clear()
+    first = segment_everything(image, viewer, embeddings_folder=folder)
+    assert blob_pipeline.embed_calls == 1 and len(list(folder.iterdir())) >= 1
+    EMBEDDINGS.clear()  # a new session: nothing in memory
+    second = segment_everything(image, viewer, embeddings_folder=folder)
+    segment_anything(image, viewer, shapes=viewer.add_shapes([[[10, 10], [10, 40], [40, 40], [40, 10]]],
+                                                               shape_type="rectangle"), embeddings_folder=folder)
+    assert blob_pipeline.embed_calls == 1  # both read the folder's embedding
+    np.testing.assert_array_equal(first.data, second.data)
+    EMBEDDINGS.clear()
+    segment_everything(image, viewer)  # no folder: computed again
+    assert blob_pipeline.embed_calls == 2
+
+
 def test_bad_settings_and_outputs_are_refused(make_napari_viewer, blob_pipeline):
     viewer = make_napari_viewer()
     image = viewer.add_image(blobs())

@@ -35,6 +35,7 @@ from ..options import EverythingOptions, ImageOptions, ModelOptions
 from ..prompts.user import check_object, objects_from_prompts
 from ..protocols import SegmentationPipeline
 from ..results import Segmentation
+from ..steps import embed_cached
 from ..stack import linked_table
 from ..tiling import paint_window, shift_crop
 from ._layers import (
@@ -156,6 +157,7 @@ def prepare_everything(
     box_scores: np.ndarray | None = None,
     name: str | None = None,
     labels_folder: str | os.PathLike | None = None,
+    embeddings_folder: str | os.PathLike | None = None,
     **settings,
 ) -> Job:
     """A :class:`Job` that segments everything in the current plane or the whole stack.
@@ -173,10 +175,11 @@ def prepare_everything(
     if tiles:
         options = options.replace(tile=tile_side(options))
     stored = scope == "plane" and output is None and is_large(view) and _plane_is_last(view)
+    disk = embeddings_on_disk(embeddings_folder)
 
     def steps():
         pipe = yield from _load(pipeline, model)
-        embedding_of = partial(_plane_embedding, pipe, view)
+        embedding_of = partial(_plane_embedding, pipe, view, disk=disk)
         if scope == "stack":
             stacked = yield from engine.segment_stack_steps(
                 pipe, view.stack_shape, view.read, options, view.conversion(), embedding_of=embedding_of,
@@ -185,7 +188,7 @@ def prepare_everything(
         if tiles:
             found = yield from tiled.segment_tiled_steps(
                 pipe, view.plane_shape, partial(view.read_window, planes[0]), options, view.window_conversion(),
-                plane=planes[0],
+                plane=planes[0], embeddings=disk,
             )
         else:
             found, = yield from engine.segment_planes(
@@ -205,6 +208,20 @@ def prepare_everything(
     where = "the whole stack" if scope == "stack" else "the current plane"
     total = len(planes)
     return Job(steps, total, apply, f"segment everything in {where} of {image.name}")
+
+
+def embeddings_on_disk(folder: str | os.PathLike | None):
+    """The on-disk embedding cache in `folder`
+    (:class:`~napari_mobilesamv2.embedding_cache.EmbeddingCache`), or None for no folder.
+
+    Embeddings kept there are reused by later segment everything, segment anything and box
+    decoding runs, also in later sessions and by the command line's ``--embeddings``.
+    """
+    if not folder or str(folder) in ("", "."):  # an empty folder field: magicgui gives Path(".")
+        return None
+    from ..embedding_cache import EmbeddingCache as DiskEmbeddings
+
+    return DiskEmbeddings(Path(folder).expanduser())
 
 
 def is_large(view: ImageView) -> bool:
@@ -320,6 +337,7 @@ def segment_everything(
     pipeline: SegmentationPipeline | None = None,
     name: str | None = None,
     labels_folder: str | os.PathLike | None = None,
+    embeddings_folder: str | os.PathLike | None = None,
     **settings,
 ) -> Labels:
     """Segment every object of an image layer into a labels layer.
@@ -350,6 +368,10 @@ def segment_everything(
         Where the labels of a large plane (see :func:`is_large`) are written, as a new
         zarr array named after the layer (an existing one is never replaced); default
         :func:`default_labels_folder`. The new layer reads them from there.
+    embeddings_folder : str or path-like, optional
+        A folder of image embeddings kept on disk (see :func:`embeddings_on_disk`): those
+        found there are reused, the others computed and added. The same folder works with
+        the command line's ``--embeddings``.
     **settings
         Any field of :class:`~napari_mobilesamv2.options.ModelOptions` (``encoder``,
         ``device``, ``trust_weights``), :class:`~napari_mobilesamv2.options.EverythingOptions`
@@ -367,7 +389,7 @@ def segment_everything(
     """
     return prepare_everything(
         image, viewer, output=output, policy=policy, scope=scope, plane=plane, pipeline=pipeline, name=name,
-        labels_folder=labels_folder, **settings,
+        labels_folder=labels_folder, embeddings_folder=embeddings_folder, **settings,
     ).run()
 
 
@@ -378,17 +400,23 @@ def _load(pipeline: SegmentationPipeline | None, model: ModelOptions) -> engine.
     return pipe
 
 
-def _plane_embedding(pipeline: SegmentationPipeline, view: ImageView, plane: Plane, pixels: np.ndarray):
-    return cached_embedding(pipeline, view, plane, pixels)
+def _plane_embedding(pipeline: SegmentationPipeline, view: ImageView, plane: Plane, pixels: np.ndarray, disk=None):
+    return cached_embedding(pipeline, view, plane, pixels, disk=disk)
 
 
-def cached_embedding(pipeline: SegmentationPipeline, view: ImageView, plane: Plane, image: np.ndarray | None = None):
-    """The image embedding of `plane`, computed once per layer, plane and conversion."""
+def cached_embedding(
+    pipeline: SegmentationPipeline, view: ImageView, plane: Plane, image: np.ndarray | None = None, disk=None,
+):
+    """The image embedding of `plane`, computed once per layer, plane and conversion.
+
+    With `disk` (see :func:`embeddings_on_disk`) an embedding missing from memory is read
+    from that folder when it holds it, else computed and stored there.
+    """
     key = (id(pipeline), *view.cache_key(plane))
 
     def compute():
         pixels = view.read(plane) if image is None else image
-        return pipeline.embed(pipeline.prepare_image(pixels, **view.conversion()))
+        return embed_cached(pipeline, disk, pipeline.prepare_image(pixels, **view.conversion()), plane=tuple(plane))
 
     return EMBEDDINGS.get_or_compute(key, compute)
 
@@ -452,6 +480,7 @@ def prepare_anything(
     plane: Plane | None = None,
     pipeline: SegmentationPipeline | None = None,
     name: str | None = None,
+    embeddings_folder: str | os.PathLike | None = None,
     **settings,
 ) -> Job:
     """A :class:`Job` that segments the prompted objects; see :func:`segment_anything`."""
@@ -475,14 +504,15 @@ def prepare_anything(
         objects = [check_object(o, view.plane_shape) for o in objects_from_prompts(
             prompts.points, prompts.labels, prompts.groups, boxes)]
         windows = prompt_windows([_extent(o) for o in objects], view.plane_shape, tile_side(options))
+    disk = embeddings_on_disk(embeddings_folder)
 
     def steps():
         pipe = yield from _load(pipeline, model)
         if windowed:
-            return (yield from _segment_windows(pipe, view, plane, objects, windows))
+            return (yield from _segment_windows(pipe, view, plane, objects, windows, disk))
         found = pipe.segment_anything(
             view.read(plane), points=prompts.points, point_labels=prompts.labels, point_groups=prompts.groups,
-            boxes=boxes, embedding=cached_embedding(pipe, view, plane), **view.conversion(),
+            boxes=boxes, embedding=cached_embedding(pipe, view, plane, disk=disk), **view.conversion(),
         )
         yield engine.Progress("plane", 1, 1, f"{len(found)} objects")
         return _plane_result(view, plane, found)
@@ -595,6 +625,7 @@ RANGES = EmbeddingCache(size=8)
 def _segment_windows(
     pipe: SegmentationPipeline, view: ImageView, plane: Plane, objects: list[ObjectPrompt],
     windows: list[tuple[Window, list[int]]],
+    disk=None,
 ) -> engine.Steps[LabelsResult]:
     """Segment prompted objects of a large plane, embedding only a window around each group of them."""
     conversion = RANGES.get_or_compute(view.cache_key(plane), lambda: tiled.tile_conversion(
@@ -606,8 +637,8 @@ def _segment_windows(
         y0, x0, y1, x1 = window
         pixels = view.read_window(plane, slice(y0, y1), slice(x0, x1))
 
-        def embed(pixels=pixels):
-            return pipe.embed(pipe.prepare_image(pixels, **conversion))
+        def embed(pixels=pixels, window=window):
+            return embed_cached(pipe, disk, pipe.prepare_image(pixels, **conversion), plane=tuple(plane), tile=window)
 
         embedding = EMBEDDINGS.get_or_compute((id(pipe), *view.cache_key(plane), ("window", *window)), embed)
         found = pipe.segment_prompts(pixels, [_in_window(objects[i], window) for i in members], embedding=embedding,
@@ -675,8 +706,8 @@ def segment_anything(
     runs the mask decoder. On a large plane (see :func:`is_large`) only windows
     around the prompts are read and embedded (:func:`prompt_windows`; ``tile`` sets
     their side, 1024 by default). Other parameters are those of :func:`segment_everything`
-    (``encoder``, ``device``, ``trust_weights``, ``normalization``, ``channel_axis``,
-    ``channels``).
+    (``embeddings_folder``, ``encoder``, ``device``, ``trust_weights``, ``normalization``,
+    ``channel_axis``, ``channels``).
     """
     return prepare_anything(
         image, viewer, points=points, shapes=shapes, output=output, policy=policy, plane=plane,
@@ -688,18 +719,20 @@ def segment_anything(
 
 
 def prepare_show_boxes(
-    image: Image, viewer=None, *, plane: Plane | None = None, pipeline: SegmentationPipeline | None = None, **settings
+    image: Image, viewer=None, *, plane: Plane | None = None, pipeline: SegmentationPipeline | None = None,
+    embeddings_folder: str | os.PathLike | None = None, **settings
 ) -> Job:
     """A :class:`Job` that adds the detector's boxes of the current plane as rectangles."""
     model, options, image_options = split_settings(settings)
     view = image_view(image, viewer, image_options)
     plane = _plane(view, viewer, plane)
+    disk = embeddings_on_disk(embeddings_folder)
 
     def steps():
         pipe = yield from _load(pipeline, model)
         pixels = view.read(plane)
         rgb = pipe.prepare_image(pixels, **view.conversion())
-        cached_embedding(pipe, view, plane, pixels)  # ready for "Decode boxes"
+        cached_embedding(pipe, view, plane, pixels, disk=disk)  # ready for "Decode boxes"
         yield engine.Progress("embedding", 0, 1, "embedding done")
         boxes, scores = pipe.detect(rgb, conf=options.conf, iou=options.iou, imgsz=options.imgsz)
         yield engine.Progress("detecting", 1, 1, f"{len(boxes)} boxes")
@@ -743,6 +776,7 @@ def prepare_decode_box_layer(
     plane: Plane | None = None,
     pipeline: SegmentationPipeline | None = None,
     name: str | None = None,
+    embeddings_folder: str | os.PathLike | None = None,
     **settings,
 ) -> Job:
     """A :class:`Job` that decodes the (edited) rectangles of `shapes` on the current plane."""
@@ -759,7 +793,8 @@ def prepare_decode_box_layer(
     return prepare_everything(
         image, viewer, output=output, policy=policy, scope="plane", plane=plane, pipeline=pipeline,
         boxes_xyxy=boxes[usable], box_scores=None if scores is None else scores[usable],
-        name=name or f"{image.name} objects", **{**settings, "strategy": "object-aware"},
+        name=name or f"{image.name} objects", embeddings_folder=embeddings_folder,
+        **{**settings, "strategy": "object-aware"},
     )
 
 

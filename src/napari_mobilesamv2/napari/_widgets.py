@@ -311,6 +311,7 @@ class JobWidget(Container):
         self.last_summary: str | None = None
         self._on_close: list[Callable[[], None]] = []
         self._closed = False
+        self._channel_hint: str | None = None
         self._watch = _ClosingWatch(self.native, self._close)
         self.settings_slot = Container(labels=False)
         self.settings_slot.margins = (0, 0, 0, 0)
@@ -416,6 +417,9 @@ class JobWidget(Container):
             return
         self.progress_bar.value = PROGRESS_STEPS
         self.last_summary = self._summary(job, result, clock.elapsed)
+        hint, self._channel_hint = self._channel_hint, None
+        if hint:
+            self.last_summary += f". {hint}"
         self._set_status(self.last_summary)
         if _found(result) == 0:
             show_info(self.last_summary)
@@ -461,9 +465,8 @@ class JobWidget(Container):
             self.status.tooltip = text
 
     def _hint_channels(self) -> None:
-        hint = self.images.channel_hint()
-        if hint:
-            show_info(hint)
+        """Remember a hint about a possible channel axis, for the summary of the next run."""
+        self._channel_hint = self.images.channel_hint()
 
 
 def _found(result) -> int | None:

@@ -223,9 +223,10 @@ class SharedSettings:
     @classmethod
     def of(cls, viewer) -> SharedSettings:
         """The viewer's shared section (made when its first dock opens)."""
-        shared = cls._of_viewer.get(id(viewer))
-        if shared is None or shared.viewer is not viewer:
-            shared = cls._of_viewer[id(viewer)] = cls(viewer)
+        key = id(_unwrapped(viewer))
+        shared = cls._of_viewer.get(key)
+        if shared is None or _unwrapped(shared.viewer) is not _unwrapped(viewer):
+            shared = cls._of_viewer[key] = cls(viewer)
         return shared
 
     def join(self, dock: JobWidget) -> None:
@@ -241,15 +242,13 @@ class SharedSettings:
             self.docks.remove(dock)
         if self.holder is dock:
             self.holder = None
-            try:
+            if not dock._destroyed:  # else the section goes with the dock's widgets (the viewer closes)
                 dock.settings_slot.remove(self.section)
-            except (RuntimeError, ValueError):  # the dock's Qt widgets are already gone
-                pass
-            if self.docks:
-                self._place(self.docks[0])
+                if self.docks:
+                    self._place(self.docks[0])
         if not self.docks:
             self.images.release()
-            SharedSettings._of_viewer.pop(id(self.viewer), None)
+            SharedSettings._of_viewer.pop(id(_unwrapped(self.viewer)), None)
 
     def _place(self, dock: JobWidget) -> None:
         self.holder = dock
@@ -263,6 +262,11 @@ class SharedSettings:
     def _launch(self, make_job: Callable[[], api.Job], then: Callable | None = None) -> None:
         if self.holder is not None:
             self.holder.launch(make_job, then)
+
+
+def _unwrapped(viewer):
+    """The viewer itself: napari hands each dock its own proxy of it."""
+    return getattr(viewer, "__wrapped__", viewer)
 
 
 class _ClosingWatch(QObject):
@@ -280,13 +284,13 @@ class _ClosingWatch(QObject):
 
     def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
         if event.type() == QEvent.ParentChange and watched.parent() is None:
-            self._fire()
+            self._fire(destroyed=False)
         return False
 
-    def _fire(self, *_) -> None:
+    def _fire(self, *_, destroyed: bool = True) -> None:
         callback, self._callback = self._callback, None
         if callback is not None:
-            callback()
+            callback(destroyed)
 
 
 class JobWidget(Container):
@@ -311,6 +315,7 @@ class JobWidget(Container):
         self.last_summary: str | None = None
         self._on_close: list[Callable[[], None]] = []
         self._closed = False
+        self._destroyed = False
         self._channel_hint: str | None = None
         self._watch = _ClosingWatch(self.native, self._close)
         self.settings_slot = Container(labels=False)
@@ -340,9 +345,14 @@ class JobWidget(Container):
             signal.connect(callback)
             self._on_close.append(partial(signal.disconnect, callback))
 
-    def _close(self) -> None:
-        """The dock or viewer was closed: stop a run and drop our hooks into the viewer."""
+    def _close(self, destroyed: bool = False) -> None:
+        """The dock or viewer was closed: stop a run and drop our hooks into the viewer.
+
+        `destroyed`: the Qt widgets are being deleted (the viewer closes), so nothing may be
+        moved out of them or into another dock.
+        """
         self._closed = True
+        self._destroyed = destroyed
         self.cancel()
         while self._on_close:
             try:
@@ -432,7 +442,8 @@ class JobWidget(Container):
         found = _found(result)
         if found is None:
             return f"done: {job.description} in {took}"
-        what = "boxes" if isinstance(result, api.BoxesResult) else "objects"
+        what = ("box" if isinstance(result, api.BoxesResult) else "object") + ("" if found == 1 else "s")
+        what = what.replace("boxs", "boxes")
         text = f"done: {found} {what} in {took} ({job.description})"
         return f"{text}. {self.empty_hint()}" if found == 0 else text
 
@@ -646,6 +657,7 @@ class SegmentAnythingWidget(JobWidget):
             action.replaced = viewer.bind_key(key, action, overwrite=True)
         self._on_close.append(partial(_unbind_keys, viewer, bindings))
         self._used = (np.zeros(0, int), np.zeros(0, int))
+        self._active_at_start = None
         self._show_applicable()
 
     def _show_applicable(self, _value=None) -> None:
@@ -669,6 +681,7 @@ class SegmentAnythingWidget(JobWidget):
             )
 
         self._hint_channels()
+        self._active_at_start = self.viewer.layers.selection.active
         self.launch(make_job, then=self._after_run)
 
     def empty_hint(self) -> str:
@@ -719,7 +732,7 @@ class SegmentAnythingWidget(JobWidget):
         return used_points, used_shapes
 
     def _after_run(self, labels: Labels) -> None:
-        active = self.viewer.layers.selection.active
+        active = self._active_at_start
         self.output.reset_choices()
         self.output.value = labels  # later objects go into the same layer
         if self.clear_prompts.value:
@@ -729,11 +742,9 @@ class SegmentAnythingWidget(JobWidget):
         self.negative.value = False  # the next click adds an object again
         points = self.points.value
         prompt_layers = [layer for layer in (points, self.shapes.value) if layer is not None]
-        if active in prompt_layers or active is labels:
+        if active in prompt_layers and active in self.viewer.layers:
             # keep clicking: the prompt layer stays the active one, not the new labels layer
-            target = active if active in prompt_layers else prompt_layers[0] if prompt_layers else None
-            if target is not None and target in self.viewer.layers:
-                self.viewer.layers.selection.active = target
+            self.viewer.layers.selection.active = active
 
 def _show_warning(showwarning_args: tuple) -> None:
     """A warning from the worker thread (e.g. about trusting a weights file), as a notification."""

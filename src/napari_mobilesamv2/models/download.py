@@ -204,7 +204,8 @@ def missing_message(names: list[str], errors: list[str] | None = None) -> str:
     lines += [
         "Already have the files? Give their paths: --encoder-weights, --decoder-weights, --detector-weights",
         "(command line); encoder_weights=, decoder_weights=, detector_weights= of MobileSAMv2.from_pretrained",
-        f"(Python). For napari, copy them into the folder named above, or set {CACHE_ENV} to their folder.",
+        f"(Python); in napari, pick them under 'model files' in the dock. Or copy them into the folder named "
+        f"above, or set {CACHE_ENV} to their folder.",
     ]
     return "\n".join(lines)
 

@@ -68,12 +68,14 @@ class ByteCounter:
         self.close()
 
 
-def download_steps(names: list[str], fetch: Callable = download.fetch, poll_s: float = 0.2):
+def download_steps(names: list[str], fetch: Callable | None = None, poll_s: float = 0.2):
     """Download registry files one after the other; yields byte progress every `poll_s` seconds.
 
     Each download runs in a thread of its own so that the progress keeps coming while it
-    runs; a cancelled job stops after the file being downloaded.
+    runs; a cancelled job stops after the file being downloaded. `fetch` defaults to
+    :func:`napari_mobilesamv2.models.download.fetch`.
     """
+    fetch = download.fetch if fetch is None else fetch
     for i, name in enumerate(names):
         counter, outcome = ByteCounter(), {}
 
@@ -145,7 +147,8 @@ class ModelControls(Container):
 
     @staticmethod
     def _file_edit(label: str, tooltip: str) -> FileEdit:
-        edit = FileEdit(label=label, mode="r", filter=WEIGHT_FILTER, tooltip=tooltip, value="")
+        edit = FileEdit(label=label, mode="r", filter=WEIGHT_FILTER, tooltip=tooltip)
+        edit.line_edit.value = ""  # empty: the published file (FileEdit would show the current folder)
         edit.line_edit.tooltip = tooltip
         edit.choose_btn.tooltip = f"choose the {label}"
         edit.line_edit.native.setPlaceholderText(PUBLISHED)
@@ -178,7 +181,7 @@ class ModelControls(Container):
         files = config.weights_files(self.encoder.value, remembered)
         for slot, edit in (("encoder", self.encoder_file), ("decoder", self.decoder_file),
                            ("detector", self.detector_file)):
-            edit.value = "" if files[slot] is None else str(files[slot])
+            edit.line_edit.value = "" if files[slot] is None else str(files[slot])
 
     def _encoder_changed(self, value: str) -> None:
         config.update_config(encoder=value)
@@ -188,7 +191,7 @@ class ModelControls(Container):
         self._files_changed()
 
     def _pick_fine_tuned(self, path) -> None:
-        self.detector_file.value = "" if path is None else str(path)
+        self.detector_file.line_edit.value = "" if path is None else str(path)
 
     def _files_changed(self, _value=None) -> None:
         chosen = self.chosen_files()
@@ -242,4 +245,4 @@ class ModelControls(Container):
 
 def _path(edit: FileEdit) -> Path | None:
     text = str(edit.line_edit.value).strip()
-    return Path(text).expanduser() if text and text != "." else None
+    return Path(text).expanduser() if text else None

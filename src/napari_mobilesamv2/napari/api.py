@@ -182,7 +182,8 @@ def segment_everything(
         Write into this layer (one undo step) instead of a new one.
     policy : str
         ``new_ids`` (after the layer's largest id), ``fill_background`` (only
-        where the layer is 0) or ``overwrite``.
+        where the layer is 0) or ``overwrite`` (the existing objects the new ones
+        touch are removed; new ids after the layer's largest).
     scope : str
         ``plane`` (the current plane) or ``stack`` (every plane, then objects
         linked through z/t by mask IoU, see `link_iou`).

@@ -81,6 +81,9 @@ def test_every_dock_open_and_every_run_pressed_without_weights_fits_the_screen(m
     # the long message stays readable: wrapped in the dock, in full in the notification and tooltip
     assert everything.status.tooltip == everything.last_error
     assert everything.status.native.height() > 3 * everything.status.native.fontMetrics().height()
+    for _, widget in docks.values():  # each dock scrolled its message into view
+        if isinstance(widget, JobWidget) and widget.last_error:
+            assert not widget.status.native.visibleRegion().isEmpty(), widget.last_error
 
 
 @pytest.mark.parametrize("size", [SCREEN, (1600, 1000)])

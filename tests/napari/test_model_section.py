@@ -26,13 +26,13 @@ def test_files_you_have_reach_the_pipeline_and_are_remembered(
     viewer.add_image(blobs())
     dock = open_dock(viewer)
     model = dock.model
-    assert model.files_status.value.startswith("encoder: l2.pt missing; decoder: Prompt_guided_Mask_Decoder.pt missing")
+    assert model.files_text.startswith("encoder: l2.pt missing; decoder: Prompt_guided_Mask_Decoder.pt missing")
     assert model.download_button.enabled
     model.show_files.value = True
     model.encoder_file.value = str(own["encoder"])
     model.decoder_file.value = str(own["decoder"])
     model.detector_file.value = str(own["detector"])
-    assert model.files_status.value == "encoder: my_encoder.pt (yours); decoder: my_decoder.pt (yours); " \
+    assert model.files_text == "encoder: my_encoder.pt (yours); decoder: my_decoder.pt (yours); " \
                                        "detector: my_detector.pt (yours)"
     assert not model.download_button.enabled
     run_to_end(dock)
@@ -55,7 +55,7 @@ def test_files_you_have_reach_the_pipeline_and_are_remembered(
 def test_a_missing_file_is_reported_not_used(docked, tmp_path):
     _, dock = docked()
     dock.model.detector_file.value = str(tmp_path / "gone.pt")
-    assert dock.model.files_status.value.endswith(f"detector file {tmp_path / 'gone.pt'} does not exist")
+    assert dock.model.files_text.endswith(f"detector file {tmp_path / 'gone.pt'} does not exist")
     assert weights_files("efficientvit_l2")[2] is None
 
 
@@ -69,7 +69,7 @@ def test_fine_tuned_detectors_are_listed_and_picked(docked, tmp_path):
     assert [label for label, _ in model._detector_choices()] == ["published file (cache)", "run1/detector.pt"]
     model.fine_tuned.value = trained.resolve()
     assert model.detector_file.value == trained.resolve()
-    assert "detector: detector.pt (yours)" in model.files_status.value
+    assert "detector: detector.pt (yours)" in model.files_text
 
 
 def test_download_shows_progress_in_the_dock(docked, weights_cache, monkeypatch, wait_done):
@@ -98,7 +98,7 @@ def test_download_shows_progress_in_the_dock(docked, weights_cache, monkeypatch,
     assert any(text.startswith("downloading: l2.pt (1 of 3)") for text in seen), seen
     assert "downloading: ObjectAwareModel.pt (3 of 3) downloaded" in seen
     assert dock.last_summary.startswith("done: download l2.pt, Prompt_guided_Mask_Decoder.pt, ObjectAwareModel.pt")
-    assert dock.model.files_status.value == (
+    assert dock.model.files_text == (
         "encoder: l2.pt ✓; decoder: Prompt_guided_Mask_Decoder.pt ✓; detector: ObjectAwareModel.pt ✓"
     )
     assert not dock.model.download_button.enabled

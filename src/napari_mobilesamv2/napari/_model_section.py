@@ -22,7 +22,7 @@ from ..steps import Progress
 from . import api
 from ._models import set_weights_files
 from ._options_form import option_widget
-from ._qt_helpers import narrow_combo, wrapping_label
+from ._qt_helpers import breakable, narrow_combo, wrapping_label
 
 WEIGHT_FILTER = "weights (*.pt *.pth *.safetensors);;all files (*)"
 PUBLISHED = "published file (cache)"
@@ -221,9 +221,9 @@ class ModelControls(Container):
         missing = self.missing_files()
         text = "; ".join(parts)
         if missing:
-            text += ". Missing files are downloaded on the first run, or tick 'model files' to download them now " \
-                    "or pick files you have."
-        self.files_status.value = "; ".join([text, *(problems or [])])
+            text += ". They download on the first run; 'model files' to download now or pick your own."
+        self.files_text = "; ".join([text, *(problems or [])])
+        self.files_status.value = breakable(self.files_text)
         self.download_button.enabled = bool(missing)
 
     def _show_applicable(self, _value=None) -> None:

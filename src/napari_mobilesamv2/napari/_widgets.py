@@ -34,7 +34,7 @@ from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QWidget
 
 from ..engine import Progress
@@ -56,6 +56,8 @@ RUN_ANYTHING_KEY = "Shift-S"
 TOGGLE_NEGATIVE_KEY = "Shift-N"
 #: resolution of the progress bars
 PROGRESS_STEPS = 1000
+#: the status line is scrolled into view again this late, once its wrapped text is laid out
+REVEAL_AGAIN_MS = 150
 #: a hint about a possible channel axis is given for stack axes this short
 CHANNEL_LIKE = 5
 
@@ -293,6 +295,26 @@ class _ClosingWatch(QObject):
             callback(destroyed)
 
 
+class _FitWidth(QObject):
+    """Keeps a vertical scroll area as wide as its content needs (it never scrolls sideways),
+    so nothing is clipped; the content itself stays narrow (wrapping labels, narrow combo boxes)."""
+
+    def __init__(self, scroll):
+        super().__init__(scroll)
+        self._scroll = scroll
+        scroll.widget().installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.LayoutRequest:
+            self.fit()
+        return False
+
+    def fit(self) -> None:
+        scroll = self._scroll
+        width = scroll.widget().minimumSizeHint().width()
+        scroll.setMinimumWidth(width + scroll.verticalScrollBar().sizeHint().width() + 2 * scroll.frameWidth())
+
+
 class JobWidget(Container):
     """Base of the docks: the shared image and model section, and :class:`~.api.Job` runs in a
     thread worker, one at a time, with a progress bar, Cancel and a word-wrapped status line.
@@ -325,6 +347,7 @@ class JobWidget(Container):
         self.shared.join(self)
         self._on_close.append(partial(self.shared.leave, self))
         self.extend([self.settings_slot, self.shared_note])
+        self._fit = _FitWidth(self.root_native_widget)
 
     @property
     def native(self):
@@ -431,6 +454,7 @@ class JobWidget(Container):
         if hint:
             self.last_summary += f". {hint}"
         self._set_status(self.last_summary)
+        self._reveal_status()
         if _found(result) == 0:
             show_info(self.last_summary)
         if then is not None:
@@ -468,12 +492,23 @@ class JobWidget(Container):
             message = f"MobileSAMv2 failed: {type(error).__name__}: {error}"
         self.last_error = message
         self._set_status(message)
+        self._reveal_status()
         show_error(message)
 
     def _set_status(self, text: str) -> None:
         if not self._closed:
             self.status.value = breakable(text[:600])
             self.status.tooltip = text
+
+    def _reveal_status(self) -> None:
+        """Scroll the dock so that the status line (a summary or an error) is in view."""
+        if not self._closed:
+            QTimer.singleShot(0, self._scroll_to_status)
+            QTimer.singleShot(REVEAL_AGAIN_MS, self._scroll_to_status)  # after the wrapped text is laid out
+
+    def _scroll_to_status(self) -> None:
+        if not self._closed:
+            self.root_native_widget.ensureWidgetVisible(self.status.native)
 
     def _hint_channels(self) -> None:
         """Remember a hint about a possible channel axis, for the summary of the next run."""

@@ -240,7 +240,11 @@ def test_progress_fraction_and_time_left():
         (1 + 0.5 + 0.47 * 0.5) / 4
     )
     assert step_fraction(Progress("plane", 2, 4)) == 0.5
-    assert describe(Progress("detecting", 0, 1, "12 boxes")) == "detecting: 12 boxes"
+    assert describe(Progress("detecting", 0, 1, "12 boxes")) == "detecting: 12 boxes; decoding…"
+    assert describe(Progress("models", 1, 1, "models ready (tiny_vit)")) == (
+        "models loaded: models ready (tiny_vit); embedding and detecting…"
+    )
+    assert describe(Progress("decoding", 0, 1, "decoding boxes 3 of 9")) == "decoding boxes 3 of 9"
     now = [0.0]
     clock = RunClock(now=lambda: now[0])
     now[0] = 1.0

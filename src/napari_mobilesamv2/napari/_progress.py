@@ -41,12 +41,17 @@ def step_fraction(step: Progress) -> float:
     return min(1.0, (step.done + within) / max(1, step.total))
 
 
+#: what runs after a step of these stages (until the next step reports): said, since it may take long
+NEXT = {"models": "embedding and detecting", "embedding": "detecting", "detecting": "decoding"}
+
+
 def describe(step: Progress) -> str:
-    """One line: the stage and what was done, e.g. ``decoding: plane 3: decoding boxes 64 of 320``."""
+    """One line: the stage, what was done and what runs now, e.g. ``detecting: 12 boxes; decoding…``."""
     name = STAGE_NAMES.get(step.stage, step.stage)
-    if not step.detail:
-        return name
-    return step.detail if step.detail.startswith(name) else f"{name}: {step.detail}"
+    text = name if not step.detail else step.detail if step.detail.startswith(name) else f"{name}: {step.detail}"
+    if step.stage in NEXT and not (step.stage == "detecting" and step.detail.startswith("0 boxes")):
+        text += f"; {NEXT[step.stage]}…"
+    return text
 
 
 def format_duration(seconds: float) -> str:

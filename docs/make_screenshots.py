@@ -1,6 +1,6 @@
 """Make the screenshots of docs/napari.md from a real napari window.
 
-Run under a display (or ``xvfb-run -a python docs/make_screenshots.py``). With the
+Run under a display (or ``xvfb-run -a -s "-screen 0 1366x768x24" python docs/make_screenshots.py``). With the
 MobileSAMv2 weights in the cache (``napari-mobilesamv2 models download``) the real
 models are used; without them the classical stand-in of the GUI tests
 (``tests/napari/standin.py``, here on an Otsu threshold + watershed) is used and
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "napari"))
 from standin import BlobPipeline  # noqa: E402  the stand-in of the GUI tests
 
 IMAGES = Path(__file__).parent / "images"
-WINDOW = (1600, 1000)
+WINDOW = (1366, 768)  # a small laptop screen: the docks must fit it
 
 
 def nuclei(grey: np.ndarray) -> np.ndarray:

@@ -110,7 +110,8 @@ def test_missing_message_says_how_to_give_files_you_have(cache):
     assert message.splitlines()[-3:] == [
         "Already have the files? Give their paths: --encoder-weights, --decoder-weights, --detector-weights",
         "(command line); encoder_weights=, decoder_weights=, detector_weights= of MobileSAMv2.from_pretrained",
-        "(Python). For napari, copy them into the folder named above, or set NAPARI_MOBILESAMV2_CACHE to their folder.",
+        "(Python); in napari, pick them under 'model files' in the dock. Or copy them into the folder named "
+        "above, or set NAPARI_MOBILESAMV2_CACHE to their folder.",
     ]
 
 

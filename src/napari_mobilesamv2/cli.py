@@ -21,6 +21,7 @@ import numpy as np
 from .errors import InputError, MobileSAMv2Error, OutputError
 from .models.registry import WEIGHT_FILES, default_weight_set
 from .imaging import MAX_PIXELS
+from .embedding_cache import FOLDER_HELP as EMBEDDINGS_FOLDER_HELP
 from .options import LARGE_IMAGE_TILE, EverythingOptions, ImageOptions, ModelOptions, OptionInfo, options_of
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".zarr")
@@ -143,7 +144,7 @@ def _add_everything_command(commands) -> None:
     groups["stack"].add_argument("--rgb", action="store_true", help="with --stack: the last axis holds RGB channels")
     groups["tiling"].add_argument(
         "--embeddings", type=Path, metavar="DIR",
-        help="keep image embeddings in this folder and reuse them in later runs of the same images and models",
+        help=EMBEDDINGS_FOLDER_HELP,
     )
     groups["tiling"].add_argument(
         "--resume", action="store_true",

@@ -25,6 +25,16 @@ PLUGIN = "napari-mobilesamv2"
 
 
 @pytest.fixture(autouse=True)
+def settings_dir(tmp_path, monkeypatch):
+    """The docks remember weights choices in a settings file: here in a fresh folder, not the user's."""
+    from napari_mobilesamv2.models import config
+
+    folder = tmp_path / "settings"
+    monkeypatch.setenv(config.CONFIG_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
 def _napari_qt_paths():
     """cv2 (imported by the detector) points Qt at its own plugins, which aborts napari's window."""
     forget_opencv_qt_paths()

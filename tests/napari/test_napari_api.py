@@ -44,10 +44,11 @@ def test_segment_everything_writes_labels_features_and_transform(make_napari_vie
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [
-        # user object 7 covers the left blob's top half; the new left blob is id 1 in the result
-        ("new_ids", {"user_pixel": 8, "free_left": 8, "right": 9}),
-        ("fill_background", {"user_pixel": 7, "free_left": 8, "right": 9}),
-        ("overwrite", {"user_pixel": 1, "free_left": 1, "right": 2}),
+        # user object 7 covers the left blob's top half; the new left blob is id 1 in the result;
+        # "leftover" is a pixel of object 7 outside the blob: overwrite replaces the touched object
+        ("new_ids", {"user_pixel": 8, "free_left": 8, "right": 9, "leftover": 7}),
+        ("fill_background", {"user_pixel": 7, "free_left": 8, "right": 9, "leftover": 7}),
+        ("overwrite", {"user_pixel": 8, "free_left": 8, "right": 9, "leftover": 0}),
     ],
 )
 def test_id_policies_on_an_existing_layer(make_napari_viewer, blob_pipeline, policy, expected):
@@ -59,7 +60,9 @@ def test_id_policies_on_an_existing_layer(make_napari_viewer, blob_pipeline, pol
     existing = viewer.add_labels(user.copy())
     segment_everything(image, viewer, output=existing, policy=policy)
     data = existing.data
-    assert ids_at(data, (15, 20), (25, 20), (40, 60)) == [expected[k] for k in ("user_pixel", "free_left", "right")]
+    assert ids_at(data, (15, 20), (25, 20), (40, 60), (10, 29)) == [
+        expected[k] for k in ("user_pixel", "free_left", "right", "leftover")
+    ]
     assert (data[0:3, 0:3] == 3).all()
     assert set(existing.features["index"]) >= {expected["free_left"], expected["right"]}
 

@@ -164,7 +164,7 @@ def test_a_2d_image_with_3d_labels_of_another_shape_is_refused(docked, blob_pipe
     assert not widget.is_running
     assert widget.last_error == (
         "the labels layer 'volume' has shape (3, 64, 96), but labels for 'flat' need shape (64, 96); "
-        "choose 'new layer' or a matching layer"
+        "choose 'new labels layer' or a matching layer"
     )
     assert_unchanged(viewer, before)
 
@@ -178,7 +178,7 @@ def test_labels_with_another_scale_are_refused(docked, blob_pipeline, wait_done)
     wait_done(widget)
     assert widget.last_error == (
         "the labels layer 'other' has scale (2.0, 2.0), but 'cells' has scale (0.5, 0.5), so its labels would "
-        "not overlay the image; choose 'new layer' or a layer with the image's scale"
+        "not overlay the image; choose 'new labels layer' or a layer with the image's scale"
     )
     assert_unchanged(viewer, before)
 

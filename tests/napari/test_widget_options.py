@@ -33,7 +33,8 @@ def shown(control, dock) -> bool:
 
 @pytest.fixture
 def dock(docked):
-    return docked()[1]
+    """The dock on a 3-plane stack (a 2D image hides the scope and link IoU: they do not apply)."""
+    return docked(image=np.stack([blobs()] * 3))[1]
 
 
 def test_every_option_has_a_control_with_the_cores_default_and_help(dock):

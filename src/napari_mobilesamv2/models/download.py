@@ -135,8 +135,11 @@ def check_sha256(name: str, path: str | os.PathLike, actual: str) -> str:
     return f"{name}: ok (sha256 {actual})"
 
 
-def fetch(name: str, *, download: bool = True, progressbar: bool = True, check: bool = True) -> Path:
+def fetch(name: str, *, download: bool = True, progressbar=True, check: bool = True) -> Path:
     """Return the verified cached copy of registry file `name`, downloading it if needed.
+
+    `progressbar`: show a text progress bar, or an object with ``total``, ``update(n)``,
+    ``reset()`` and ``close()`` (and used as a context manager) that receives the progress.
 
     With ``check=False`` a file already in the cache is returned without hashing it: for a
     caller that reads the file once, then hashes and checks those bytes (:func:`check_sha256`).
@@ -201,7 +204,8 @@ def missing_message(names: list[str], errors: list[str] | None = None) -> str:
     lines += [
         "Already have the files? Give their paths: --encoder-weights, --decoder-weights, --detector-weights",
         "(command line); encoder_weights=, decoder_weights=, detector_weights= of MobileSAMv2.from_pretrained",
-        f"(Python). For napari, copy them into the folder named above, or set {CACHE_ENV} to their folder.",
+        f"(Python); in napari, pick them under 'model files' in the dock. Or copy them into the folder named "
+        f"above, or set {CACHE_ENV} to their folder.",
     ]
     return "\n".join(lines)
 
@@ -324,8 +328,13 @@ def _stream(response, output_file, progressbar: bool) -> None:
     total = int(response.headers.get("Content-Length", 0)) or None
     close = isinstance(output_file, (str, os.PathLike))
     out = open(output_file, "w+b") if close else output_file
+    if not isinstance(progressbar, bool):  # a progress object of the caller's (as pooch accepts)
+        progressbar.total = total
+        bar = progressbar
+    else:
+        bar = tqdm(total=total, unit="B", unit_scale=True, disable=not progressbar)
     try:
-        with tqdm(total=total, unit="B", unit_scale=True, disable=not progressbar) as bar:
+        with bar:
             for chunk in response.iter_content(chunk_size=1 << 20):
                 out.write(chunk)
                 bar.update(len(chunk))

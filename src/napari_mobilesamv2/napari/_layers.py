@@ -259,14 +259,14 @@ def check_output(view: ImageView, labels: Labels | None) -> None:
     if tuple(labels.data.shape) != view.labels_shape:
         raise InputError(
             f"the labels layer {labels.name!r} has shape {tuple(labels.data.shape)}, but labels for "
-            f"{view.layer.name!r} need shape {view.labels_shape}; choose 'new layer' or a matching layer"
+            f"{view.layer.name!r} need shape {view.labels_shape}; choose 'new labels layer' or a matching layer"
         )
     spatial = [a for a in range(view.ndim) if a != view.channel_axis]
     wanted = view.labels_transform()["scale"]
     if not np.allclose(np.asarray(labels.scale)[spatial], wanted[spatial]):
         raise InputError(
             f"the labels layer {labels.name!r} has scale {_rounded(labels.scale)}, but {view.layer.name!r} has "
-            f"scale {_rounded(wanted)}, so its labels would not overlay the image; choose 'new layer' or a "
+            f"scale {_rounded(wanted)}, so its labels would not overlay the image; choose 'new labels layer' or a "
             "layer with the image's scale"
         )
 
@@ -321,7 +321,19 @@ def write_pieces_into_layer(layer: Labels, pieces: Sequence[tuple[tuple, np.ndar
 def merge_into(
     region: np.ndarray, new: np.ndarray, policy: str, layer_max: int | None = None
 ) -> tuple[np.ndarray, dict[int, int]]:
-    """:func:`merge_labels`, with new ids counted after `layer_max` instead of ``region.max()``."""
+    """:func:`merge_labels`, with new ids counted after `layer_max` instead of ``region.max()``.
+
+    ``overwrite`` replaces the objects the new ones touch: their pixels in `region` are
+    cleared and the new objects get ids after the largest id (so a new object never
+    merges with an existing label that happened to have its id).
+    """
+    if policy == "overwrite":
+        shift = int(max(layer_max or 0, region.max(initial=0)))
+        touched = np.unique(region[(new > 0) & (region > 0)])
+        base = np.where(np.isin(region, touched), 0, region).astype(region.dtype) if touched.size else region
+        shifted = np.where(new > 0, new.astype(np.int64) + shift, 0)
+        merged, id_map = merge_labels(base, shifted, "overwrite")
+        return merged, {i - shift: j for i, j in id_map.items()}
     region_max = int(region.max(initial=0))
     shift = 0 if policy == "overwrite" or layer_max is None else max(0, int(layer_max) - region_max)
     if shift:

@@ -1,10 +1,16 @@
 """The "Segment everything" and "Segment anything" dock widgets.
 
+The two docks of a viewer share one image and model section (:class:`SharedSettings`):
+it shows in the first dock opened, and moves to the other one when that dock closes.
+Each dock scrolls, wraps its messages and shows only the controls that apply, so it
+fits a small screen.
+
 The widgets only gather settings and layers; the work is done by the
 :class:`~napari_mobilesamv2.napari.api.Job` objects of :mod:`.api`, whose model
-half runs in a napari thread worker (progress in the activity dock, Cancel
-button) and whose result is written into layers back on the main thread. A
-cancelled or failed run changes no layer.
+half runs in a napari thread worker (stages, a progress bar in the dock and in the
+activity dock, an estimate of the time left, a Cancel button that stops between two
+steps) and whose result is written into layers back on the main thread. A cancelled
+or failed run changes no layer.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from magicgui.widgets import (
     FileEdit,
     Label,
     LineEdit,
+    ProgressBar,
     PushButton,
     RadioButtons,
 )
@@ -28,21 +35,55 @@ from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QWidget
 
 from ..engine import Progress
 from ..errors import InputError, MobileSAMv2Error
-from ..options import DEVICES, EverythingOptions, ImageOptions, ModelOptions, option_info, options_of
+from ..options import EverythingOptions, ImageOptions, option_info, options_of
 from . import api
 from ._layers import current_plane, image_view, points_on_plane, shapes_to_boxes
+from ._model_section import ModelControls
 from ._options_form import OptionsForm, option_widget
+from ._progress import RunClock, describe, format_duration, step_fraction
+from ._qt_helpers import breakable, narrow_combo, wrapping_label
 
 log = logging.getLogger(__name__)
 
-POLICIES = [("new ids", "new_ids"), ("fill background only", "fill_background"), ("overwrite", "overwrite")]
+POLICIES = [
+    ("new ids", "new_ids"), ("fill background only", "fill_background"), ("replace touched objects", "overwrite"),
+]
 RUN_ANYTHING_KEY = "Shift-S"
 TOGGLE_NEGATIVE_KEY = "Shift-N"
+#: resolution of the progress bars
+PROGRESS_STEPS = 1000
+#: the status line is scrolled into view again this late, once its wrapped text is laid out
+REVEAL_AGAIN_MS = 150
+#: a hint about a possible channel axis is given for stack axes this short
+CHANNEL_LIKE = 5
+
+#: help of the controls that have no core setting behind them
+TIPS = {
+    "image": "the image layer to segment (follows the active image layer)",
+    "output": "where the objects go: a new Labels layer, or an existing one of the same shape and scale",
+    "policy": "writing into an existing layer: 'new ids' paints new objects over it with ids after its largest; "
+              "'fill background only' changes only pixels that are 0; 'replace touched objects' removes the "
+              "objects the new ones touch and paints the new ones with new ids",
+    "scope": "segment the displayed plane, or every plane of the stack (objects are linked through the planes)",
+    "advanced": "show the detector input size, batch size, quality filters and tiling",
+    "run_everything": "find every object of the displayed plane or of the whole stack",
+    "cancel": "stop the run within about a second; no layer is changed",
+    "boxes": "a Shapes layer whose rectangles are decoded by 'Decode boxes'",
+    "show_boxes": "add the detector's boxes of the displayed plane as editable rectangles",
+    "decode_boxes": "decode one mask per rectangle of the boxes layer on the displayed plane (only the decoder runs)",
+    "points": "Points layer of prompts: each positive point is one object, negative points mark background",
+    "shapes": "Shapes layer of prompts: each rectangle (or the bounding box of a polygon or ellipse) is one object",
+    "add_prompts": "add a Points layer (green positive, red negative) and a Shapes layer for boxes, in the image's frame",
+    "negative": f"the next points you click mark background ({TOGGLE_NEGATIVE_KEY} toggles)",
+    "clear_prompts": "remove the prompts that were used once the objects are written",
+    "run_anything": f"segment the objects marked on the displayed plane ({RUN_ANYTHING_KEY})",
+    "progress": "progress of the current run",
+}
 
 
 def _layers_of(viewer, kind, none_label: str | None = None) -> Callable:
@@ -73,21 +114,31 @@ def _carry_errors(steps: Callable) -> Callable:
     return guarded
 
 
+def _header(text: str) -> Label:
+    """A section title."""
+    return Label(value=f"<b>{text}</b>")
+
+
 class ImageControls(Container):
     """Image layer picker and how its planes become RGB (normalization, channels)."""
 
     def __init__(self, viewer):
         super().__init__(labels=True)
         self.viewer = viewer
-        self.image = ComboBox(label="image", choices=_layers_of(viewer, Image))
+        self.image = narrow_combo(ComboBox(label="image", choices=_layers_of(viewer, Image), tooltip=TIPS["image"]))
         self.normalization = option_widget(option_info(ImageOptions, "normalization"))
-        self.channel_axis = ComboBox(label="channel axis", choices=self._axis_choices,
-                                     tooltip=option_info(ImageOptions, "channel_axis").help_with_default())
+        self.channel_axis = narrow_combo(ComboBox(
+            label="channel axis", choices=self._axis_choices,
+            tooltip=option_info(ImageOptions, "channel_axis").help_with_default(),
+        ))
         self.channels = LineEdit(label="channels", value="",
                                  tooltip=option_info(ImageOptions, "channels").help_with_default())
         self.extend([self.image, self.normalization, self.channel_axis, self.channels])
         self.image.changed.connect(self.channel_axis.reset_choices)
+        self.channel_axis.changed.connect(self._show_applicable)
+        self._hinted: set[tuple] = set()
         self._follow_active_image()
+        self._show_applicable()
         viewer.layers.selection.events.active.connect(self._follow_active_image)
 
     def release(self) -> None:
@@ -98,9 +149,12 @@ class ImageControls(Container):
         layer = self.image.value
         choices = [("none (grey or RGB)", None)]
         if isinstance(layer, Image) and not layer.rgb:
-            shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+            shape = _shape(layer)
             choices += [(f"axis {a} ({shape[a]})", a) for a in range(layer.ndim - 2)]
         return choices
+
+    def _show_applicable(self, _value=None) -> None:
+        self.channels.visible = self.channel_axis.value is not None
 
     def _follow_active_image(self, _event=None):
         active = self.viewer.layers.selection.active
@@ -124,21 +178,98 @@ class ImageControls(Container):
             raise InputError("open an image first (or pick one in 'image')")
         return self.image.value
 
+    def stack_axes(self) -> int:
+        """Number of stack axes (z, t, ...) of the chosen image with the chosen channel axis."""
+        layer = self.image.value
+        if not isinstance(layer, Image):
+            return 0
+        return max(0, layer.ndim - 2 - (self.channel_axis.value is not None))
 
-class ModelControls(Container):
-    """Encoder, device and whether to trust an unknown detector file (from :class:`ModelOptions`)."""
+    def channel_hint(self) -> str | None:
+        """A hint, once per layer, when a short stack axis might hold channels (no channel axis chosen)."""
+        layer = self.image.value
+        if not isinstance(layer, Image) or layer.rgb or self.channel_axis.value is not None:
+            return None
+        shape = _shape(layer)
+        short = [a for a in range(layer.ndim - 2) if 2 <= shape[a] <= CHANNEL_LIKE]
+        key = (id(layer), shape)
+        if not short or key in self._hinted:
+            return None
+        self._hinted.add(key)
+        axis = short[0]
+        return (f"{layer.name!r} has {shape[axis]} planes along axis {axis}; they are segmented as planes of a "
+                f"stack. If they are channels, choose 'axis {axis}' in 'channel axis'.")
 
-    def __init__(self):
-        super().__init__(labels=True)
-        infos = {info.name: info for info in options_of(ModelOptions)}
-        self.encoder = option_widget(infos["encoder"])
-        device = infos["device"]
-        self.device = ComboBox(label="device", choices=DEVICES, value=device.default, tooltip=device.help_with_default())
-        self.trust_weights = option_widget(infos["trust_weights"])
-        self.extend([self.encoder, self.device, self.trust_weights])
 
-    def settings(self) -> dict:
-        return {"encoder": self.encoder.value, "device": self.device.value, "trust_weights": self.trust_weights.value}
+def _shape(layer: Image) -> tuple[int, ...]:
+    return tuple(layer.data[0].shape if layer.multiscale else layer.data.shape)
+
+
+class SharedSettings:
+    """The image and model section of one viewer, shown once however many docks use it.
+
+    It shows in the first dock that joins; the others show a line saying where it is.
+    When that dock closes, the section moves to the next open dock.
+    """
+
+    _of_viewer: dict[int, SharedSettings] = {}
+
+    def __init__(self, viewer):
+        self.viewer = viewer
+        self.docks: list[JobWidget] = []
+        self.holder: JobWidget | None = None
+        self.images = ImageControls(viewer)
+        self.model = ModelControls(launch=self._launch)
+        self.section = Container(labels=False, widgets=[_header("Image"), self.images, _header("Model"), self.model])
+        self.section.margins = (0, 0, 0, 0)
+
+    @classmethod
+    def of(cls, viewer) -> SharedSettings:
+        """The viewer's shared section (made when its first dock opens)."""
+        key = id(_unwrapped(viewer))
+        shared = cls._of_viewer.get(key)
+        if shared is None or _unwrapped(shared.viewer) is not _unwrapped(viewer):
+            shared = cls._of_viewer[key] = cls(viewer)
+        return shared
+
+    def join(self, dock: JobWidget) -> None:
+        self.docks.append(dock)
+        if self.holder is None:
+            self._place(dock)
+        else:
+            dock.shared_note.value = f"Image and model settings: in the '{self.holder.title}' dock."
+            dock.shared_note.visible = True
+
+    def leave(self, dock: JobWidget) -> None:
+        if dock in self.docks:
+            self.docks.remove(dock)
+        if self.holder is dock:
+            self.holder = None
+            if not dock._destroyed:  # else the section goes with the dock's widgets (the viewer closes)
+                dock.settings_slot.remove(self.section)
+                if self.docks:
+                    self._place(self.docks[0])
+        if not self.docks:
+            self.images.release()
+            SharedSettings._of_viewer.pop(id(_unwrapped(self.viewer)), None)
+
+    def _place(self, dock: JobWidget) -> None:
+        self.holder = dock
+        dock.shared_note.visible = False
+        dock.settings_slot.append(self.section)
+        self.section.visible = True
+        for other in self.docks:
+            if other is not dock:
+                other.shared_note.value = f"Image and model settings: in the '{dock.title}' dock."
+
+    def _launch(self, make_job: Callable[[], api.Job], then: Callable | None = None) -> None:
+        if self.holder is not None:
+            self.holder.launch(make_job, then)
+
+
+def _unwrapped(viewer):
+    """The viewer itself: napari hands each dock its own proxy of it."""
+    return getattr(viewer, "__wrapped__", viewer)
 
 
 class _ClosingWatch(QObject):
@@ -156,39 +287,102 @@ class _ClosingWatch(QObject):
 
     def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
         if event.type() == QEvent.ParentChange and watched.parent() is None:
-            self._fire()
+            self._fire(destroyed=False)
         return False
 
-    def _fire(self, *_) -> None:
+    def _fire(self, *_, destroyed: bool = True) -> None:
         callback, self._callback = self._callback, None
         if callback is not None:
-            callback()
+            callback(destroyed)
+
+
+class _FitWidth(QObject):
+    """Keeps a vertical scroll area as wide as its content needs (it never scrolls sideways),
+    so nothing is clipped; the content itself stays narrow (wrapping labels, narrow combo boxes)."""
+
+    def __init__(self, scroll):
+        super().__init__(scroll)
+        self._scroll = scroll
+        scroll.widget().installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.LayoutRequest:
+            self.fit()
+        return False
+
+    def fit(self) -> None:
+        scroll = self._scroll
+        width = scroll.widget().minimumSizeHint().width()
+        scroll.setMinimumWidth(width + scroll.verticalScrollBar().sizeHint().width() + 2 * scroll.frameWidth())
 
 
 class JobWidget(Container):
-    """Base: image and model controls, and :class:`~.api.Job` runs in a thread worker, one at a time."""
+    """Base of the docks: the shared image and model section, and :class:`~.api.Job` runs in a
+    thread worker, one at a time, with a progress bar, Cancel and a word-wrapped status line.
+
+    The dock scrolls: its ``native`` widget is the scroll area.
+    """
+
+    title = "MobileSAMv2"
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=False, scrollable=True)
+        self.root_native_widget.setMinimumWidth(0)
         self.viewer = napari_viewer
         self.worker = None
-        self.status = Label(value="")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = wrapping_label()
+        self.progress_bar = ProgressBar(min=0, max=PROGRESS_STEPS, value=0, visible=False, tooltip=TIPS["progress"])
+        self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
         self.cancel_button.changed.connect(self.cancel)
         self.last_error: str | None = None
+        self.last_summary: str | None = None
         self._on_close: list[Callable[[], None]] = []
         self._closed = False
+        self._destroyed = False
+        self._channel_hint: str | None = None
         self._watch = _ClosingWatch(self.native, self._close)
-        self.images = ImageControls(napari_viewer)
-        self._on_close.append(self.images.release)
-        self.model = ModelControls()
+        self.settings_slot = Container(labels=False)
+        self.settings_slot.margins = (0, 0, 0, 0)
+        self.shared_note = wrapping_label(visible=False)
+        self.shared = SharedSettings.of(napari_viewer)
+        self.shared.join(self)
+        self._on_close.append(partial(self.shared.leave, self))
+        self.extend([self.settings_slot, self.shared_note])
+        self._fit = _FitWidth(self.root_native_widget)
 
-    def _close(self) -> None:
-        """The dock or viewer was closed: stop a run and drop our hooks into the viewer."""
+    @property
+    def native(self):
+        """The dock's outermost Qt widget (the scroll area), which napari puts into the dock."""
+        return self.root_native_widget
+
+    @property
+    def images(self) -> ImageControls:
+        return self.shared.images
+
+    @property
+    def model(self) -> ModelControls:
+        return self.shared.model
+
+    def _connect_shared(self, callback: Callable) -> None:
+        """Call `callback` when the shared image or channel axis changes (until the dock closes)."""
+        for signal in (self.images.image.changed, self.images.channel_axis.changed):
+            signal.connect(callback)
+            self._on_close.append(partial(signal.disconnect, callback))
+
+    def _close(self, destroyed: bool = False) -> None:
+        """The dock or viewer was closed: stop a run and drop our hooks into the viewer.
+
+        `destroyed`: the Qt widgets are being deleted (the viewer closes), so nothing may be
+        moved out of them or into another dock.
+        """
         self._closed = True
+        self._destroyed = destroyed
         self.cancel()
         while self._on_close:
-            self._on_close.pop()()
+            try:
+                self._on_close.pop()()
+            except (RuntimeError, ValueError, TypeError):  # a hook whose other end is gone already
+                pass
 
     @property
     def is_running(self) -> bool:
@@ -204,36 +398,50 @@ class JobWidget(Container):
         except Exception as error:  # noqa: BLE001 - shown as a notification, nothing started
             self._report(error)
             return
-        self.last_error = None
+        self.last_error = self.last_summary = None
         worker = create_worker(_carry_errors(job.steps), _ignore_errors=True)
-        bar = progress(total=job.total, desc=job.description)
-        worker.yielded.connect(partial(self._show_progress, bar))
+        bar = progress(total=PROGRESS_STEPS, desc=job.description[:60])
+        clock = RunClock()
+        worker.yielded.connect(partial(self._show_progress, bar, clock))
         worker.finished.connect(bar.close)
-        worker.returned.connect(lambda result: self._apply(job, result, then))
+        worker.returned.connect(lambda result: self._apply(job, result, then, clock))
         worker.errored.connect(self._report)
         worker.warned.connect(_show_warning)
         worker.aborted.connect(lambda: self._set_status("cancelled; nothing was changed"))
         worker.finished.connect(self._finished)
         self.worker = worker
         self.cancel_button.enabled = True
-        self._set_status(f"running: {job.description}")
+        self.progress_bar.value = 0
+        self.progress_bar.visible = True
+        self._set_status(f"starting: {job.description}")
         worker.start()
 
-    def _show_progress(self, bar, step: Progress) -> None:
+    def _show_progress(self, bar, clock: RunClock, step: Progress) -> None:
         # The status first: napari's progress bar processes pending Qt events while it
         # updates, so the run's later steps and its end may be handled inside the lines
         # below; their status must not be overwritten by this older one.
-        self._set_status(f"running: {step.detail or step.stage}")
-        bar.total = step.total
-        bar.n = step.done
-        bar.set_description(step.detail[:80] or step.stage)
+        fraction = step_fraction(step)
+        text = describe(step)
+        left = clock.time_left(fraction)
+        if left is not None:
+            text += f" (about {format_duration(left)} left)"
+        if self.worker is None:
+            return  # a late step of a finished run
+        self._set_status(text)
+        position = round(fraction * PROGRESS_STEPS)
+        if not self._closed:
+            self.progress_bar.value = position
+        bar.set_description(text[:60])
+        if position > bar.n:
+            bar.update(position - bar.n)
 
     def cancel(self) -> None:
-        """Stop the running job at its next step; no layer is changed."""
+        """Stop the running job at its next step (within about a second); no layer is changed."""
         if self.worker is not None:
             self.worker.quit()
+            self._set_status("cancelling…")
 
-    def _apply(self, job: api.Job, result, then: Callable | None) -> None:
+    def _apply(self, job: api.Job, result, then: Callable | None, clock: RunClock) -> None:
         if self._closed:
             return  # closed while the result was on its way: write nothing
         try:
@@ -241,14 +449,39 @@ class JobWidget(Container):
         except Exception as error:  # noqa: BLE001 - shown to the user, layers untouched
             self._report(error)
             return
-        self._set_status(f"done: {job.description}")
+        self.progress_bar.value = PROGRESS_STEPS
+        self.last_summary = self._summary(job, result, clock.elapsed)
+        hint, self._channel_hint = self._channel_hint, None
+        if hint:
+            self.last_summary += f". {hint}"
+        self._set_status(self.last_summary)
+        self._reveal_status()
+        if _found(result) == 0:
+            show_info(self.last_summary)
         if then is not None:
             then(layer)
+
+    def _summary(self, job: api.Job, result, seconds: float) -> str:
+        """``done: N objects in t s (what)``, with a hint when nothing was found."""
+        took = format_duration(seconds) if seconds >= 10 else f"{seconds:.1f} s"
+        found = _found(result)
+        if found is None:
+            return f"done: {job.description} in {took}"
+        what = ("box" if isinstance(result, api.BoxesResult) else "object") + ("" if found == 1 else "s")
+        what = what.replace("boxs", "boxes")
+        text = f"done: {found} {what} in {took} ({job.description})"
+        return f"{text}. {self.empty_hint()}" if found == 0 else text
+
+    def empty_hint(self) -> str:
+        """What to try when a run found nothing."""
+        return "Nothing found: check the channels and normalization of the image."
 
     def _finished(self) -> None:
         self.worker = None
         if not self._closed:  # the Qt widgets may be gone
             self.cancel_button.enabled = False
+            if self.last_summary is None:
+                self.progress_bar.visible = False
 
     def _report(self, error: BaseException) -> None:
         if isinstance(error, StepError) and error.__cause__ is not None:
@@ -260,15 +493,42 @@ class JobWidget(Container):
             message = f"MobileSAMv2 failed: {type(error).__name__}: {error}"
         self.last_error = message
         self._set_status(message)
+        self._reveal_status()
         show_error(message)
 
     def _set_status(self, text: str) -> None:
         if not self._closed:
-            self.status.value = text[:200]
+            self.status.value = breakable(text[:600])
+            self.status.tooltip = text
+
+    def _reveal_status(self) -> None:
+        """Scroll the dock so that the status line (a summary or an error) is in view."""
+        if not self._closed:
+            QTimer.singleShot(0, self._scroll_to_status)
+            QTimer.singleShot(REVEAL_AGAIN_MS, self._scroll_to_status)  # after the wrapped text is laid out
+
+    def _scroll_to_status(self) -> None:
+        if not self._closed:
+            self.root_native_widget.ensureWidgetVisible(self.status.native)
+
+    def _hint_channels(self) -> None:
+        """Remember a hint about a possible channel axis, for the summary of the next run."""
+        self._channel_hint = self.images.channel_hint()
+
+
+def _found(result) -> int | None:
+    """Objects (or boxes) in a job's result; None for results that are neither."""
+    if isinstance(result, api.LabelsResult):
+        return len(result.table["id"])
+    if isinstance(result, api.BoxesResult):
+        return len(result.boxes_xyxy)
+    return None
 
 
 class SegmentEverythingWidget(JobWidget):
     """Dock widget: segment every object of the current plane or of the whole stack."""
+
+    title = "Segment everything"
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -282,60 +542,83 @@ class SegmentEverythingWidget(JobWidget):
             everything[name] for name in ("imgsz", "batch_size", "exact", "min_predicted_iou", "min_stability",
                                           "min_area", "tile", "overlap")
         )
-        self.show_advanced = CheckBox(text="advanced settings", value=False)
+        self.show_advanced = CheckBox(text="advanced settings", value=False, tooltip=TIPS["advanced"])
         self.scope = RadioButtons(
-            label="scope", choices=[("current plane", "plane"), ("whole stack", "stack")], value="plane"
+            label="scope", choices=[("current plane", "plane"), ("whole stack", "stack")], value="plane",
+            tooltip=TIPS["scope"],
         )
         self.link_iou = option_widget(everything["link_iou"])
-        self.output = ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"))
-        self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids")
+        self.output = narrow_combo(ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"),
+                                            tooltip=TIPS["output"]))
+        self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids", tooltip=TIPS["policy"])
+        self.run_button = PushButton(text="Segment everything", tooltip=TIPS["run_everything"])
+        self.boxes = narrow_combo(ComboBox(label="boxes layer", choices=_layers_of(viewer, Shapes, "none"),
+                                           tooltip=TIPS["boxes"]))
+        self.show_boxes_button = PushButton(text="Show boxes", tooltip=TIPS["show_boxes"])
+        self.decode_boxes_button = PushButton(text="Decode boxes", tooltip=TIPS["decode_boxes"])
+        self.where = Container(labels=True, widgets=[self.scope, self.link_iou])
         self.labels_folder = FileEdit(label="large labels folder", mode="d", value=api.default_labels_folder(),
                                       tooltip=api.LABELS_FOLDER_HELP.format(limit=api.large_io.NAPARI_PLANE_LIMIT))
-        self.run_button = PushButton(text="Segment everything")
-        self.boxes = ComboBox(label="boxes layer", choices=_layers_of(viewer, Shapes, "none"))
-        self.show_boxes_button = PushButton(text="Show boxes")
-        self.decode_boxes_button = PushButton(text="Decode boxes")
-        self.extend([
-            self.images, self.model, self.strategy, self.main_options, self.show_advanced, self.advanced,
-            self.scope, self.link_iou, self.output, self.policy, self.labels_folder, self.run_button,
-            self.cancel_button,
-            self.boxes, self.show_boxes_button, self.decode_boxes_button, self.status,
+        self.destination = Container(labels=True, widgets=[self.output, self.policy, self.labels_folder])
+        self.box_section = Container(labels=True, widgets=[
+            _header("Editable boxes"), self.boxes,
+            Container(layout="horizontal", labels=False, widgets=[self.show_boxes_button, self.decode_boxes_button]),
         ])
-        self.strategy.changed.connect(self._show_applicable)
-        self.show_advanced.changed.connect(self._show_applicable)
-        self.scope.changed.connect(self._show_applicable)
+        self.extend([
+            _header("Segment everything"), self.strategy, self.main_options, self.show_advanced, self.advanced,
+            self.where, self.destination,
+            Container(layout="horizontal", labels=False, widgets=[self.run_button, self.cancel_button]),
+            self.progress_bar, self.status, self.box_section,
+        ])
+        for control in (self.strategy, self.show_advanced, self.scope, self.output):
+            control.changed.connect(self._show_applicable)
+        self._connect_shared(self._show_applicable)
         self._show_applicable()
         self.run_button.changed.connect(self.run)
         self.show_boxes_button.changed.connect(self.show_boxes)
         self.decode_boxes_button.changed.connect(self.decode_boxes)
 
     def _show_applicable(self, _value=None) -> None:
-        """Show only the settings that apply to the chosen strategy and scope."""
+        """Show only the settings that apply to the chosen strategy, image, scope and output."""
         strategy = self.strategy.value
         self.main_options.show_for(strategy)
         self.advanced.show_for(strategy)
         self.advanced.visible = self.show_advanced.value
-        self.link_iou.visible = self.scope.value == "stack"
+        stack = self._has_stack()
+        self.scope.visible = stack
+        self.link_iou.visible = stack and self.scope.value == "stack"
+        self.where.visible = stack
+        self.policy.visible = self.output.value is not None
+        self.box_section.visible = strategy == "object-aware"
+
+    def _has_stack(self) -> bool:
+        return self.images.stack_axes() > 0
+
+    def _scope(self) -> str:
+        return self.scope.value if self._has_stack() else "plane"
 
     def settings(self) -> dict:
         """Every setting that applies to the chosen strategy and scope, as keywords of
         :func:`~.api.segment_everything` (the advanced ones apply also while folded away)."""
         chosen = {"strategy": self.strategy.value, **self._applying(self.strategy.value)}
-        if self.scope.value == "stack":
+        if self._scope() == "stack":
             chosen["link_iou"] = self.link_iou.value
         return {**self.images.settings(), **self.model.settings(), **chosen}
 
     def run(self) -> None:
         """Segment everything with the current settings (in a worker)."""
+        self._hint_channels()
         self.launch(lambda: api.prepare_everything(
             self.images.selected_image(), self.viewer, output=self.output.value, policy=self.policy.value,
-            scope=self.scope.value, labels_folder=self.labels_folder.value, **self.settings(),
+            scope=self._scope(), labels_folder=self.labels_folder.value,
+            embeddings_folder=self.model.embeddings_folder.value, **self.settings(),
         ))
 
     def show_boxes(self) -> None:
         """Add the detector's boxes of the current plane as an editable Shapes layer."""
         self.launch(
-            lambda: api.prepare_show_boxes(self.images.selected_image(), self.viewer, **self._box_settings()),
+            lambda: api.prepare_show_boxes(self.images.selected_image(), self.viewer,
+                                           embeddings_folder=self.model.embeddings_folder.value, **self._box_settings()),
             then=self._pick_boxes,
         )
 
@@ -347,10 +630,17 @@ class SegmentEverythingWidget(JobWidget):
                 raise InputError("pick a boxes layer (use 'Show boxes' or draw rectangles in a Shapes layer)")
             return api.prepare_decode_box_layer(
                 self.images.selected_image(), self.boxes.value, self.viewer, output=self.output.value,
-                policy=self.policy.value, **self._box_settings(),
+                policy=self.policy.value, embeddings_folder=self.model.embeddings_folder.value, **self._box_settings(),
             )
 
         self.launch(make_job)
+
+    def empty_hint(self) -> str:
+        if self.strategy.value == "object-aware":
+            conf = self.main_options.controls["conf"].value
+            return (f"Nothing found: lower the detector conf (now {conf:g}), or check the channels and normalization "
+                    "of the image.")
+        return "Nothing found: lower the quality filters (advanced settings), or check the channels and normalization."
 
     def _box_settings(self) -> dict:
         """Settings of the object-aware strategy, whatever strategy is chosen (boxes come from the detector)."""
@@ -371,30 +661,47 @@ class SegmentEverythingWidget(JobWidget):
 class SegmentAnythingWidget(JobWidget):
     """Dock widget: segment the objects marked by points and boxes on the current plane."""
 
+    title = "Segment anything"
+
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         viewer = napari_viewer
-        self.points = ComboBox(label="points", choices=_layers_of(viewer, Points, "none"))
-        self.shapes = ComboBox(label="boxes", choices=_layers_of(viewer, Shapes, "none"))
-        self.add_prompts_button = PushButton(text="Add prompt layers")
-        self.negative = CheckBox(text=f"new points are negative ({TOGGLE_NEGATIVE_KEY})", value=False)
-        self.output = ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"))
-        self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids")
-        self.clear_prompts = CheckBox(text="clear used prompts after a run", value=True)
-        self.run_button = PushButton(text=f"Segment ({RUN_ANYTHING_KEY})")
+        self.points = narrow_combo(ComboBox(label="points", choices=_layers_of(viewer, Points, "none"),
+                                            tooltip=TIPS["points"]))
+        self.shapes = narrow_combo(ComboBox(label="boxes", choices=_layers_of(viewer, Shapes, "none"),
+                                            tooltip=TIPS["shapes"]))
+        self.add_prompts_button = PushButton(text="Add prompt layers", tooltip=TIPS["add_prompts"])
+        self.negative = CheckBox(text=f"new points are negative ({TOGGLE_NEGATIVE_KEY})", value=False,
+                                 tooltip=TIPS["negative"])
+        self.output = narrow_combo(ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"),
+                                            tooltip=TIPS["output"]))
+        self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids", tooltip=TIPS["policy"])
+        self.clear_prompts = CheckBox(text="clear used prompts after a run", value=True, tooltip=TIPS["clear_prompts"])
+        self.run_button = PushButton(text=f"Segment ({RUN_ANYTHING_KEY})", tooltip=TIPS["run_anything"])
         self.extend([
-            self.images, self.model, self.points, self.shapes, self.add_prompts_button, self.negative, self.output,
-            self.policy, self.clear_prompts, self.run_button, self.cancel_button, self.status,
+            _header("Segment anything"),
+            Container(labels=True, widgets=[self.points, self.shapes]),
+            self.add_prompts_button, self.negative,
+            Container(labels=True, widgets=[self.output, self.policy]),
+            self.clear_prompts,
+            Container(layout="horizontal", labels=False, widgets=[self.run_button, self.cancel_button]),
+            self.progress_bar, self.status,
         ])
         self.add_prompts_button.changed.connect(self.add_prompt_layers)
         self.negative.changed.connect(self._apply_point_sign)
         self.points.changed.connect(self._apply_point_sign)
+        self.output.changed.connect(self._show_applicable)
         self.run_button.changed.connect(self.run)
         bindings = {RUN_ANYTHING_KEY: _KeyAction(self.run), TOGGLE_NEGATIVE_KEY: _KeyAction(self._toggle_negative)}
         for key, action in bindings.items():
             action.replaced = viewer.bind_key(key, action, overwrite=True)
         self._on_close.append(partial(_unbind_keys, viewer, bindings))
         self._used = (np.zeros(0, int), np.zeros(0, int))
+        self._active_at_start = None
+        self._show_applicable()
+
+    def _show_applicable(self, _value=None) -> None:
+        self.policy.visible = self.output.value is not None
 
     def settings(self) -> dict:
         return {**self.images.settings(), **self.model.settings()}
@@ -410,10 +717,16 @@ class SegmentAnythingWidget(JobWidget):
             self._used = self._prompts_on_plane()
             return api.prepare_anything(
                 image, self.viewer, points=self.points.value, shapes=self.shapes.value, output=self.output.value,
-                policy=self.policy.value, **self.settings(),
+                policy=self.policy.value, embeddings_folder=self.model.embeddings_folder.value, **self.settings(),
             )
 
+        self._hint_channels()
+        self._active_at_start = self.viewer.layers.selection.active
         self.launch(make_job, then=self._after_run)
+
+    def empty_hint(self) -> str:
+        return ("Nothing found: the prompts gave empty masks; put points inside the object or draw a box around it, "
+                "and check the channels and normalization of the image.")
 
     def add_prompt_layers(self) -> None:
         """Add a Points layer (green positive / red negative) and a Shapes layer for boxes."""
@@ -459,13 +772,19 @@ class SegmentAnythingWidget(JobWidget):
         return used_points, used_shapes
 
     def _after_run(self, labels: Labels) -> None:
+        active = self._active_at_start
         self.output.reset_choices()
         self.output.value = labels  # later objects go into the same layer
         if self.clear_prompts.value:
             used_points, used_shapes = self._used
             _remove(self.points.value, used_points)
             _remove(self.shapes.value, used_shapes)
-
+        self.negative.value = False  # the next click adds an object again
+        points = self.points.value
+        prompt_layers = [layer for layer in (points, self.shapes.value) if layer is not None]
+        if active in prompt_layers and active in self.viewer.layers:
+            # keep clicking: the prompt layer stays the active one, not the new labels layer
+            self.viewer.layers.selection.active = active
 
 def _show_warning(showwarning_args: tuple) -> None:
     """A warning from the worker thread (e.g. about trusting a weights file), as a notification."""

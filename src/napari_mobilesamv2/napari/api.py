@@ -54,7 +54,8 @@ from ._layers import (
     shapes_to_boxes,
     write_pieces_into_layer,
 )
-from ._models import EMBEDDINGS, EmbeddingCache, get_pipeline
+from ._features_history import last_step, remember_run
+from ._models import EMBEDDINGS, EmbeddingCache, get_pipeline, is_loaded
 
 SCOPES = ("plane", "stack")
 LABELS_SUBFOLDER = "labels"
@@ -353,7 +354,8 @@ def segment_everything(
         Write into this layer (one undo step) instead of a new one.
     policy : str
         ``new_ids`` (after the layer's largest id), ``fill_background`` (only
-        where the layer is 0) or ``overwrite``.
+        where the layer is 0) or ``overwrite`` (the existing objects the new ones
+        touch are removed; new ids after the layer's largest).
     scope : str
         ``plane`` (the current plane) or ``stack`` (every plane, then objects
         linked through z/t by mask IoU, see `link_iou`).
@@ -395,8 +397,10 @@ def segment_everything(
 
 def _load(pipeline: SegmentationPipeline | None, model: ModelOptions) -> engine.Steps[SegmentationPipeline]:
     """The pipeline to use, loading it (a step of its own: it may download weights)."""
+    if pipeline is None and not is_loaded(model.encoder, model.device):
+        yield engine.Progress("loading", 0, 1, f"loading the {model.encoder} models (first run with them)")
     pipe = pipeline or pipeline_for(model)
-    yield engine.Progress("models", 0, 1, f"models ready ({getattr(pipe, 'encoder_name', 'custom')})")
+    yield engine.Progress("models", 1, 1, f"models ready ({getattr(pipe, 'encoder_name', 'custom')})")
     return pipe
 
 
@@ -458,11 +462,14 @@ def apply_labels(
             _add_above(viewer, layer, view.layer)
     else:
         check_output(view, output)
+        step, table = last_step(output), output.features.copy()
         id_map = write_pieces_into_layer(output, parts, policy)
         layer = output
     top = max(id_map.values(), default=0)
     counts = label_counts([np.asarray(layer.data[key]) for key, _ in parts], top)
     add_features(layer, object_features(result.table, id_map, counts=counts))
+    if output is not None:
+        remember_run(output, step, table)  # undo restores the table too
     return layer
 
 
@@ -510,9 +517,11 @@ def prepare_anything(
         pipe = yield from _load(pipeline, model)
         if windowed:
             return (yield from _segment_windows(pipe, view, plane, objects, windows, disk))
+        embedding = cached_embedding(pipe, view, plane, disk=disk)
+        yield engine.Progress("embedding", 0, 1, "image embedded")
         found = pipe.segment_anything(
             view.read(plane), points=prompts.points, point_labels=prompts.labels, point_groups=prompts.groups,
-            boxes=boxes, embedding=cached_embedding(pipe, view, plane, disk=disk), **view.conversion(),
+            boxes=boxes, embedding=embedding, **view.conversion(),
         )
         yield engine.Progress("plane", 1, 1, f"{len(found)} objects")
         return _plane_result(view, plane, found)
@@ -790,12 +799,14 @@ def prepare_decode_box_layer(
             "ellipses count by their bounding box, lines and paths are ignored)"
         )
     scores = np.asarray(shapes.features["score"], np.float64)[kept] if "score" in shapes.features else None
-    return prepare_everything(
+    job = prepare_everything(
         image, viewer, output=output, policy=policy, scope="plane", plane=plane, pipeline=pipeline,
         boxes_xyxy=boxes[usable], box_scores=None if scores is None else scores[usable],
         name=name or f"{image.name} objects", embeddings_folder=embeddings_folder,
         **{**settings, "strategy": "object-aware"},
     )
+    job.description = f"decode the boxes of {shapes.name}"
+    return job
 
 
 def decode_box_layer(image: Image, shapes: Shapes, viewer=None, **kwargs) -> Labels:
@@ -818,9 +829,12 @@ def _has_area(boxes: np.ndarray, view: ImageView) -> np.ndarray:
 
 
 def _add_above(viewer, layer, image: Image) -> None:
-    """Insert `layer` just above `image`, so prompt layers drawn on top stay visible."""
-    index = viewer.layers.index(image) + 1 if image in viewer.layers else len(viewer.layers)
-    viewer.layers.insert(index, layer)
+    """Insert `layer` above `image` and every image and labels layer (earlier results would
+    hide it), but below the points and shapes on top, so prompts stay visible."""
+    layers = list(viewer.layers)
+    covering = [i for i, other in enumerate(layers) if isinstance(other, (Image, Labels))]
+    start = layers.index(image) if image in layers else -1
+    viewer.layers.insert(max([start, *covering]) + 1, layer)
 
 
 def _plane(view: ImageView, viewer, plane: Plane | None) -> Plane:

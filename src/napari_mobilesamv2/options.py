@@ -370,6 +370,11 @@ class ModelOptions(_Checked):
 
 
 NEXT_PROMPTS = ("box", "box+point", "box+mask")
+#: Help text of the "through the stack" choice of segment anything (CLI flag, napari checkbox).
+THROUGH_STACK_HELP = (
+    "follow each prompted object from its plane to the next ones along the stack axis, in both directions, "
+    "until the predicted IoU or the overlap with the previous plane falls below its threshold"
+)
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,10 @@ from .steps import PlaneKey, Progress, Steps, embed_cached, run
 if TYPE_CHECKING:
     from .protocols import SegmentationPipeline
 
-#: Help text of the "through the stack" choice of front ends.
-THROUGH_STACK_HELP = (
-    "follow each prompted object from its plane to the next ones along the stack axis, in both directions, "
-    "until the predicted IoU or the overlap with the previous plane falls below its threshold"
-)
-
 STOP_REASONS = ("start", "end of stack", "predicted IoU", "overlap", "empty mask")
+#: The box a mask gives the next plane is grown by this share of its width and height on each
+#: side, so that an object that moved or grew a little between planes still fits in it.
+BOX_MARGIN = 0.1
 
 
 @dataclass
@@ -132,8 +129,8 @@ def propagate_steps(
         No objects, a plane index outside the stack, or an axis the stack lacks.
     """
     stack_shape = tuple(int(n) for n in stack_shape)
-    axis = _check_axis(axis, stack_shape)
-    objects = [(_check_key(key, stack_shape), prompt) for key, prompt in objects]
+    axis = check_axis(axis, stack_shape)
+    objects = [(check_plane(key, stack_shape), prompt) for key, prompt in objects]
     if not objects:
         raise InputError("no prompts: give at least one positive point or one box")
     conversion = conversion or {}
@@ -193,6 +190,9 @@ def propagate(
 def next_prompt(mask: np.ndarray, how: str) -> ObjectPrompt:
     """The prompt a mask gives the next plane: its box, and its innermost pixel or itself.
 
+    The box is the mask's bounding box grown by :data:`BOX_MARGIN` on each side (within
+    the image).
+
     Parameters
     ----------
     mask : numpy.ndarray
@@ -201,7 +201,10 @@ def next_prompt(mask: np.ndarray, how: str) -> ObjectPrompt:
         ``box``, ``box+point`` or ``box+mask`` (see :class:`~napari_mobilesamv2.options.PropagationOptions`).
     """
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    box = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float32)
+    x0, y0, x1, y1 = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+    dx, dy = BOX_MARGIN * (x1 - x0), BOX_MARGIN * (y1 - y0)
+    h, w = mask.shape
+    box = np.array([max(x0 - dx, 0), max(y0 - dy, 0), min(x1 + dx, w), min(y1 + dy, h)], np.float32)
     if how == "box+point":
         distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
         y, x = np.unravel_index(int(np.argmax(distance)), mask.shape)
@@ -233,7 +236,8 @@ class _Follower:
         masks, ious = self._decode(key, prompts)
         for index, mask, iou in zip(members, masks, ious):
             self.start_key[index] = key
-            self.stop[index] = {1: "start", -1: "start"}
+            reason = "start" if mask.any() else "empty mask"
+            self.stop[index] = {1: reason, -1: reason}
             self._keep(key, index, mask, iou)
         return {index: mask for index, mask in zip(members, masks) if mask.any()}
 
@@ -318,7 +322,8 @@ def _embedder(model, conversion: dict, embedding_of, embeddings) -> Callable[[Pl
     return embed
 
 
-def _check_axis(axis: int, stack_shape: tuple[int, ...]) -> int:
+def check_axis(axis: int, stack_shape: tuple[int, ...]) -> int:
+    """`axis` as a non-negative index of a stack axis; InputError when the stack has no such axis."""
     n = len(stack_shape)
     if n == 0:
         raise InputError("following objects through a stack needs a stack: the image has no axis besides its planes")
@@ -328,7 +333,8 @@ def _check_axis(axis: int, stack_shape: tuple[int, ...]) -> int:
     return int(axis) % n
 
 
-def _check_key(key: Sequence[int], stack_shape: tuple[int, ...]) -> PlaneKey:
+def check_plane(key: Sequence[int], stack_shape: tuple[int, ...]) -> PlaneKey:
+    """`key` as a tuple of ints, one per stack axis; InputError when it lies outside the stack."""
     key = tuple(int(i) for i in np.atleast_1d(key)) if np.ndim(key) else (int(key),)
     if len(key) != len(stack_shape):
         raise InputError(f"a plane of this stack needs {len(stack_shape)} index(es), got {key}")

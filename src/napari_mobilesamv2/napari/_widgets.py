@@ -32,7 +32,9 @@ from qtpy.QtWidgets import QWidget
 
 from ..engine import Progress
 from ..errors import InputError, MobileSAMv2Error
-from ..options import DEVICES, EverythingOptions, ImageOptions, ModelOptions, option_info, options_of
+from ..options import (
+    DEVICES, THROUGH_STACK_HELP, EverythingOptions, ImageOptions, ModelOptions, option_info, options_of,
+)
 from . import api
 from ._layers import current_plane, image_view, points_on_plane, shapes_to_boxes
 from ._options_form import OptionsForm, option_widget
@@ -286,6 +288,7 @@ class SegmentEverythingWidget(JobWidget):
             label="scope", choices=[("current plane", "plane"), ("whole stack", "stack")], value="plane"
         )
         self.link_iou = option_widget(everything["link_iou"])
+        self.fill_gaps = option_widget(everything["fill_gaps"])
         self.output = ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"))
         self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids")
         self.run_button = PushButton(text="Segment everything")
@@ -294,7 +297,7 @@ class SegmentEverythingWidget(JobWidget):
         self.decode_boxes_button = PushButton(text="Decode boxes")
         self.extend([
             self.images, self.model, self.strategy, self.main_options, self.show_advanced, self.advanced,
-            self.scope, self.link_iou, self.output, self.policy, self.run_button, self.cancel_button,
+            self.scope, self.link_iou, self.fill_gaps, self.output, self.policy, self.run_button, self.cancel_button,
             self.boxes, self.show_boxes_button, self.decode_boxes_button, self.status,
         ])
         self.strategy.changed.connect(self._show_applicable)
@@ -311,14 +314,14 @@ class SegmentEverythingWidget(JobWidget):
         self.main_options.show_for(strategy)
         self.advanced.show_for(strategy)
         self.advanced.visible = self.show_advanced.value
-        self.link_iou.visible = self.scope.value == "stack"
+        self.link_iou.visible = self.fill_gaps.visible = self.scope.value == "stack"
 
     def settings(self) -> dict:
         """Every setting that applies to the chosen strategy and scope, as keywords of
         :func:`~.api.segment_everything` (the advanced ones apply also while folded away)."""
         chosen = {"strategy": self.strategy.value, **self._applying(self.strategy.value)}
         if self.scope.value == "stack":
-            chosen["link_iou"] = self.link_iou.value
+            chosen["link_iou"], chosen["fill_gaps"] = self.link_iou.value, self.fill_gaps.value
         return {**self.images.settings(), **self.model.settings(), **chosen}
 
     def run(self) -> None:
@@ -377,10 +380,11 @@ class SegmentAnythingWidget(JobWidget):
         self.output = ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"))
         self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids")
         self.clear_prompts = CheckBox(text="clear used prompts after a run", value=True)
+        self.through_stack = CheckBox(text="through the stack", value=False, tooltip=THROUGH_STACK_HELP)
         self.run_button = PushButton(text=f"Segment ({RUN_ANYTHING_KEY})")
         self.extend([
             self.images, self.model, self.points, self.shapes, self.add_prompts_button, self.negative, self.output,
-            self.policy, self.clear_prompts, self.run_button, self.cancel_button, self.status,
+            self.policy, self.clear_prompts, self.through_stack, self.run_button, self.cancel_button, self.status,
         ])
         self.add_prompts_button.changed.connect(self.add_prompt_layers)
         self.negative.changed.connect(self._apply_point_sign)
@@ -406,7 +410,7 @@ class SegmentAnythingWidget(JobWidget):
             self._used = self._prompts_on_plane()
             return api.prepare_anything(
                 image, self.viewer, points=self.points.value, shapes=self.shapes.value, output=self.output.value,
-                policy=self.policy.value, **self.settings(),
+                policy=self.policy.value, through_stack=self.through_stack.value, **self.settings(),
             )
 
         self.launch(make_job, then=self._after_run)

@@ -10,10 +10,15 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "napari"))
-from standin import BlobPipeline, blobs  # noqa: E402  the classical stand-in of the GUI tests
+from standin import BlobPipeline  # noqa: E402  the classical stand-in of the GUI tests
 
 from napari_mobilesamv2 import InputError  # noqa: E402
-from napari_mobilesamv2.decode.prompted import MASK_INPUT_LOGIT, ObjectPrompt, decode_object_prompts, mask_input  # noqa: E402
+from napari_mobilesamv2.decode.prompted import (  # noqa: E402
+    MASK_INPUT_LOGIT,
+    ObjectPrompt,
+    decode_object_prompts,
+    mask_input,
+)
 from napari_mobilesamv2.embedding_cache import EmbeddingCache  # noqa: E402
 from napari_mobilesamv2.options import PropagationOptions  # noqa: E402
 from napari_mobilesamv2.propagate import next_prompt, propagate, propagate_steps  # noqa: E402

@@ -225,12 +225,15 @@ def test_the_real_pipeline_runs_through_a_stack_and_writes_the_right_shapes(tiny
     rng = np.random.default_rng(1)
     stack = rng.integers(0, 255, (3, 48, 64), np.uint8)
     options = PropagationOptions(next_prompt=how, stop_iou=-1.0, stop_overlap=0.0)
-    found = propagate(tiny_pipeline, stack, [((1,), ObjectPrompt(box=np.array([10, 10, 40, 30], np.float32)))],
-                      options)
+    # with these random weights one point gives a mask of the whole plane: the run goes on to both neighbours
+    objects = [((1,), ObjectPrompt(np.array([[20, 20]], np.float32), np.ones(1, np.int64)))]
+    progress = []
+    found = propagate(tiny_pipeline, stack, objects, options, on_progress=progress.append)
     assert found.labels.shape == (3, 48, 64) and found.labels.dtype == np.int32
-    assert set(np.unique(found.labels)) <= {0, 1}
+    assert set(np.unique(found.labels)) <= {0, 1} and found.labels[1].all()
     assert found.table["id"].tolist() == [1]
-    assert found.table["stop_before"][0] in ("end of stack", "empty mask")
+    assert [p.done for p in progress] == [1, 2, 3] and {p.total for p in progress} == {3}  # planes 1, 2, 0
+    assert found.table["stop_before"][0] in ("end of stack", "empty mask", "overlap")
     assert found.planes["plane"].min() >= 0 and found.planes["plane"].max() <= 2
     assert found.planes["predicted_iou"].dtype == np.float32
 

@@ -119,3 +119,24 @@ def test_tracks_need_objects(make_napari_viewer):
     labels = make_napari_viewer().add_labels(np.zeros((2, 8, 8), np.int32), name="empty")
     with pytest.raises(InputError, match="'empty' has no objects to track"):
         tracks_layer(labels)
+
+
+def test_a_second_run_reads_the_embeddings_from_the_cache_folder(make_napari_viewer, tiny_pipeline, tmp_path):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.random.default_rng(0).integers(0, 255, (3, 48, 64), np.uint8), name="random")
+    points = viewer.add_points([[1, 20, 20]], name="prompt")
+    calls = []
+    original = tiny_pipeline.embed
+    tiny_pipeline.embed = lambda rgb: calls.append(1) or original(rgb)
+    try:
+        # with these random weights one point gives a mask of the whole plane, so all three planes are decoded
+        run = dict(points=points, plane=(1,), pipeline=tiny_pipeline, through_stack=True, stop_iou=-1.0,
+                   stop_overlap=0.0, embeddings=tmp_path / "embeddings")
+        first = segment_anything(image, viewer, **run)
+        computed = len(calls)
+        second = segment_anything(image, viewer, **run)
+    finally:
+        del tiny_pipeline.embed
+    assert computed == 3 and len(calls) == 3  # the second run computed none
+    assert first.data.shape == second.data.shape == (3, 48, 64)
+    np.testing.assert_array_equal(first.data, second.data)

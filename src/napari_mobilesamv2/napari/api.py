@@ -292,6 +292,7 @@ def prepare_anything(
     name: str | None = None,
     through_stack: bool = False,
     axis: int | None = None,
+    embeddings=None,
     **settings,
 ) -> Job:
     """A :class:`Job` that segments the prompted objects; see :func:`segment_anything`."""
@@ -313,7 +314,7 @@ def prepare_anything(
 
     if through_stack:
         return _through_stack_job(view, viewer, plane, prompts, boxes, propagation, axis, model, pipeline, output,
-                                  policy, name or f"{image.name} objects")
+                                  policy, name or f"{image.name} objects", embeddings)
 
     def steps():
         pipe = yield from _load(pipeline, model)
@@ -339,8 +340,10 @@ def _propagation_settings(settings: dict[str, Any]) -> tuple[PropagationOptions,
 
 def _through_stack_job(view: ImageView, viewer, plane: Plane, prompts: PointPrompts, boxes: np.ndarray,
                        options: PropagationOptions, axis: int | None, model: ModelOptions,
-                       pipeline: SegmentationPipeline | None, output: Labels | None, policy: str, name: str) -> Job:
+                       pipeline: SegmentationPipeline | None, output: Labels | None, policy: str, name: str,
+                       embeddings=None) -> Job:
     """Segment anything on `plane` and follow the objects along a stack axis of the layer."""
+    from ..embedding_cache import EmbeddingCache
     from ..prompts.user import objects_from_prompts
     from ..propagate import propagate_steps
 
@@ -352,12 +355,15 @@ def _through_stack_job(view: ImageView, viewer, plane: Plane, prompts: PointProm
                          f"{', '.join(map(str, view.stack_axes))}")
     objects = objects_from_prompts(prompts.points, prompts.labels, prompts.groups, boxes)
     n_along = view.data.shape[axis]
+    if embeddings is not None and not isinstance(embeddings, EmbeddingCache):
+        embeddings = EmbeddingCache(embeddings)
 
     def steps():
         pipe = yield from _load(pipeline, model)
+        embedding_of = partial(_plane_embedding, pipe, view) if embeddings is None else None
         found = yield from propagate_steps(
             pipe, view.stack_shape, view.read, [(plane, obj) for obj in objects], options, view.conversion(),
-            axis=view.stack_axes.index(axis), embedding_of=partial(_plane_embedding, pipe, view),
+            axis=view.stack_axes.index(axis), embedding_of=embedding_of, embeddings=embeddings,
         )
         return _propagation_result(view, found)
 
@@ -394,6 +400,7 @@ def segment_anything(
     name: str | None = None,
     through_stack: bool = False,
     axis: int | None = None,
+    embeddings=None,
     **settings,
 ) -> Labels:
     """Segment the objects marked by points and shapes on the current plane.
@@ -415,6 +422,10 @@ def segment_anything(
     ``stop_iou`` / ``stop_overlap``, or the stack ends; ``next_prompt`` chooses what
     the next plane gets (see :class:`~napari_mobilesamv2.options.PropagationOptions`).
     Each object keeps one id on all its planes; the labels are written as one undo step.
+    The planes' embeddings are kept in the session's memory cache (the last few planes),
+    or with `embeddings` (a folder or an
+    :class:`~napari_mobilesamv2.embedding_cache.EmbeddingCache`) on disk, so that a second
+    run over the same planes only runs the mask decoder.
 
     The plane's embedding is cached, so running again with edited prompts only
     runs the mask decoder. Other parameters are those of :func:`segment_everything`
@@ -423,7 +434,7 @@ def segment_anything(
     """
     return prepare_anything(
         image, viewer, points=points, shapes=shapes, output=output, policy=policy, plane=plane,
-        pipeline=pipeline, name=name, through_stack=through_stack, axis=axis, **settings,
+        pipeline=pipeline, name=name, through_stack=through_stack, axis=axis, embeddings=embeddings, **settings,
     ).run()
 
 

@@ -33,6 +33,7 @@ _EXPORTS = {
     "EverythingOptions": ".options",
     "ImageOptions": ".options",
     "ModelOptions": ".options",
+    "PropagationOptions": ".options",
     "MobileSAMv2": ".pipeline",
     "objects_from_prompts": ".prompts.user",
     "SegmentationPipeline": ".protocols",

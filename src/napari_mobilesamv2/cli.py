@@ -22,7 +22,10 @@ from .errors import InputError, MobileSAMv2Error, OutputError
 from .models.registry import WEIGHT_FILES, default_weight_set
 from .imaging import MAX_PIXELS
 from .embedding_cache import FOLDER_HELP as EMBEDDINGS_FOLDER_HELP
-from .options import LARGE_IMAGE_TILE, EverythingOptions, ImageOptions, ModelOptions, OptionInfo, options_of
+from .options import (
+    LARGE_IMAGE_TILE, THROUGH_STACK_HELP, EverythingOptions, ImageOptions, ModelOptions, OptionInfo,
+    PropagationOptions, options_of,
+)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".zarr")
 EXIT_USER_ERROR = 2
@@ -142,6 +145,11 @@ def _add_everything_command(commands) -> None:
              "one id through neighbouring planes",
     )
     groups["stack"].add_argument("--rgb", action="store_true", help="with --stack: the last axis holds RGB channels")
+    groups["stack"].add_argument(
+        "--tracks", type=Path, metavar="OUT.csv",
+        help="with --stack, for a time series (T, Y, X) or (T, Z, Y, X): write one row per object and time point "
+             "(id, t, z, y, x, area, score) to this CSV file; a folder for several images",
+    )
     groups["tiling"].add_argument(
         "--embeddings", type=Path, metavar="DIR",
         help=EMBEDDINGS_FOLDER_HELP,
@@ -165,16 +173,37 @@ def _add_anything_command(commands) -> None:
     anything = commands.add_parser(
         "segment-anything", help="segment the objects given by points and boxes", formatter_class=_Formatter,
         description="Segment one object per box and per object point. Coordinates are image pixels: x is the "
-                    "column, y the row, (0, 0) the top-left corner.",
-        epilog="example:\n  napari-mobilesamv2 segment-anything docs/images/coins.png --points 120,80 "
-               "--boxes 10,10,60,50 --labels clicked.tif",
+                    "column, y the row, (0, 0) the top-left corner. With --stack every point and box starts with "
+                    "the index of its plane on each stack axis: Z,X,Y and Z,X0,Y0,X1,Y1 for a (Z, Y, X) stack, "
+                    "T,Z,X,Y for (T, Z, Y, X); --propagate follows each object from its plane through the stack.",
+        epilog="examples:\n  napari-mobilesamv2 segment-anything docs/images/coins.png --points 120,80 "
+               "--boxes 10,10,60,50 --labels clicked.tif\n"
+               "  napari-mobilesamv2 segment-anything nuclei_zyx.tif --stack --points 12,80,64 "
+               "--boxes 12,10,10,60,50 --propagate --labels nuclei_labels.tif",
     )
     anything.add_argument("image", type=Path, help="the image file")
     prompts = anything.add_argument_group("prompts")
-    prompts.add_argument("--points", nargs="+", default=[], metavar="X,Y", help="object points (one object each)")
+    prompts.add_argument("--points", nargs="+", default=[], metavar="X,Y",
+                         help="object points (one object each); with --stack Z,X,Y (plane index first)")
     prompts.add_argument("--negative-points", nargs="+", default=[], metavar="X,Y",
-                         help="background points (shared by every point object)")
-    prompts.add_argument("--boxes", nargs="+", default=[], metavar="X0,Y0,X1,Y1", help="boxes (one object each)")
+                         help="background points (shared by every point object of their plane); with --stack Z,X,Y")
+    prompts.add_argument("--boxes", nargs="+", default=[], metavar="X0,Y0,X1,Y1",
+                         help="boxes (one object each); with --stack Z,X0,Y0,X1,Y1 (plane index first)")
+    stack = anything.add_argument_group("stacks")
+    stack.add_argument("--stack", action="store_true",
+                       help="the image is a stack (Z, Y, X), (T, Y, X) or (T, Z, Y, X); prompts start with their "
+                            "plane index")
+    stack.add_argument("--rgb", action="store_true", help="with --stack: the last axis holds RGB channels")
+    stack.add_argument("--propagate", action="store_true",
+                       help="with --stack: " + THROUGH_STACK_HELP)
+    stack.add_argument("--axis", type=int, default=-1, metavar="N",
+                       help="with --propagate: the stack axis to follow, 0 for the first (t of (T, Z, Y, X)) "
+                            "(default: -1, the last: z)")
+    for info in options_of(PropagationOptions):
+        _add_option(stack, info)
+    stack.add_argument("--tracks", type=Path, metavar="OUT.csv",
+                       help="with --stack, for a time series: write one row per object and time point (id, t, z, "
+                            "y, x, area, score = mean predicted IoU) to this CSV file; the first stack axis is t")
     _add_output_options(anything)
     _add_model_options(anything, detector=False)
     _add_image_options(anything)
@@ -290,6 +319,10 @@ def _add_train_command(commands) -> None:
 
 def _add_option(parser, info: OptionInfo) -> None:
     """One command-line flag from a core option: same default, choices and help."""
+    if info.type is bool and info.default is True:
+        parser.add_argument("--no-" + info.flag[2:], dest=info.name, action="store_false",
+                            help=f"do not: {info.spec.help}")
+        return
     if info.type is bool:
         parser.add_argument(info.flag, action="store_true", help=info.help_with_default())
         return
@@ -425,6 +458,7 @@ def run_segment_everything(args: argparse.Namespace) -> int:
     image_options = options_from_args(ImageOptions, args)
     images = collect_images(args.images)
     outputs = output_paths(args, images)
+    tracks = _tracks_paths(args, images)
     embeddings = _embedding_cache(args.embeddings)
     model = _load_model(args, with_detector=options.strategy == "object-aware")
     _hint_detector_settings(model, options, args.detector_weights)
@@ -432,7 +466,7 @@ def run_segment_everything(args: argparse.Namespace) -> int:
                                                                           desc="segment everything", unit="image")):
         if args.stack:
             count = _segment_stack_file(model, read_image(path), labels_path, proposals_path, args.rgb, options,
-                                        image_options)
+                                        image_options, tracks[image_id])
         else:
             run = PlaneRun(model, path, labels_path, proposals_path, image_id, embeddings, args.resume)
             count = run.segment(options, image_options)
@@ -593,24 +627,62 @@ def _run_with_bar(steps):
         return engine.run(steps, show)
 
 
-def _segment_stack_file(model, stack, labels_path, proposals_path, rgb: bool, options, image_options) -> int:
-    """Segment and link a stack; write its nD labels and one proposal list (image_id = plane)."""
+def _segment_stack_file(model, stack, labels_path, proposals_path, rgb: bool, options, image_options,
+                        tracks_path: Path | None = None) -> int:
+    """Segment and link a stack; write its nD labels, one proposal list (image_id = plane) and its tracks."""
     from . import engine
     from .export import stack_coco_results, write_json
     from .io import write_labels
+    from .stack import linked_table
 
     stack_shape, read_plane = engine.array_plane_reader(stack, 3 if rgb else 2)
+    _check_time_series(tracks_path, stack_shape)
     found = _run_with_bar(engine.segment_stack_steps(model, stack_shape, read_plane, options, image_options.conversion()))
     if labels_path is not None:
         write_labels(labels_path, found.link.labels)
     if proposals_path is not None:
         write_json(proposals_path, stack_coco_results(found.link, found.planes))
+    if tracks_path is not None:
+        scores = linked_table(found.link, [plane.table() for plane in found.planes])["score"]
+        _write_tracks(tracks_path, found.link.labels, scores)
     return found.link.n_objects
+
+
+def _tracks_paths(args: argparse.Namespace, images: list[Path]) -> list[Path | None]:
+    """Where to write each image's tracks table (``--tracks``), checked before any model runs."""
+    from .io import check_output_path
+
+    if args.tracks is None:
+        return [None] * len(images)
+    if not args.stack:
+        raise InputError("--tracks needs --stack: tracks are objects linked through the time points of a stack")
+    if len(images) > 1 and not args.tracks.is_dir():
+        raise InputError(f"with several images, {args.tracks} must be an existing folder")
+    paths = [args.tracks / f"{image.stem}_tracks.csv" if len(images) > 1 else args.tracks for image in images]
+    return [check_output_path(path, tuple(images)) for path in paths]
+
+
+def _check_time_series(tracks_path: Path | None, stack_shape: tuple[int, ...]) -> None:
+    if tracks_path is not None and len(stack_shape) not in (1, 2):
+        raise InputError(f"--tracks needs a (T, Y, X) or (T, Z, Y, X) stack; this one has the stack axes "
+                         f"{stack_shape}")
+
+
+def _write_tracks(path: Path, labels: np.ndarray, scores: np.ndarray | None) -> None:
+    from .tracks import tracks_table, write_tracks_csv
+
+    write_tracks_csv(path, tracks_table(labels, scores))
 
 
 def run_segment_anything(args: argparse.Namespace) -> int:
     from .io import read_image
 
+    if args.stack:
+        return _segment_anything_stack(args)
+    for flag, given in (("--propagate", args.propagate), ("--tracks", args.tracks is not None),
+                        ("--rgb", args.rgb)):
+        if given:
+            raise InputError(f"{flag} needs --stack (and prompts that start with their plane index)")
     points = [_numbers(p, 2, "--points") for p in args.points]
     negative = [_numbers(p, 2, "--negative-points") for p in args.negative_points]
     boxes = [_numbers(b, 4, "--boxes") for b in args.boxes]
@@ -632,6 +704,70 @@ def run_segment_anything(args: argparse.Namespace) -> int:
     _write_outputs(result, labels_path, proposals_path, 0)
     print(f"{args.image}: {len(result)} objects")
     return 0
+
+
+def _segment_anything_stack(args: argparse.Namespace) -> int:
+    """Prompts on the planes of a stack, each object on its plane or followed through the stack."""
+    from .io import check_output_path, read_image, write_labels
+    from .propagate import check_axis, propagate_steps
+
+    if args.proposals is not None:
+        raise InputError("with --stack, segment-anything writes --labels and --tracks, not --proposals")
+    if args.labels is None and args.tracks is None:
+        raise InputError("nothing to write: give --labels OUT.tif and/or --tracks OUT.csv")
+    outputs = [check_output_path(p, (args.image,)) for p in (args.labels, args.tracks) if p is not None]
+    if len(outputs) == 2 and outputs[0] == outputs[1]:
+        raise OutputError(f"--labels and --tracks both name {outputs[0]}; give two different files")
+    if not (args.points or args.boxes):
+        raise InputError("give at least one of --points Z,X,Y or --boxes Z,X0,Y0,X1,Y1 (plane index first)")
+    options = options_from_args(PropagationOptions, args)
+    conversion = options_from_args(ImageOptions, args).conversion()
+    stack = read_image(args.image)
+    from .engine import array_plane_reader
+
+    stack_shape, read_plane = array_plane_reader(stack, 3 if args.rgb else 2)
+    _check_time_series(args.tracks, stack_shape)
+    objects = _stack_objects(args, stack_shape)
+    if args.propagate:
+        check_axis(args.axis, stack_shape)
+    embeddings = _embedding_cache(args.embeddings)
+    model = _load_model(args, with_detector=False)
+    found = _run_with_bar(propagate_steps(model, stack_shape, read_plane, objects, options, conversion,
+                                          axis=args.axis, through=args.propagate, embeddings=embeddings))
+    if args.labels is not None:
+        write_labels(args.labels, found.labels)
+    if args.tracks is not None:
+        _write_tracks(args.tracks, found.labels, found.table["predicted_iou"])
+    print(f"{args.image}: {found.n_objects} objects on {len(np.unique(found.planes['plane']))} planes")
+    return 0
+
+
+def _stack_objects(args: argparse.Namespace, stack_shape: tuple[int, ...]) -> list:
+    """(plane, ObjectPrompt) of every object given by --points, --negative-points and --boxes."""
+    from .propagate import check_plane
+    from .prompts.user import objects_from_prompts
+
+    n = len(stack_shape)
+    where = ",".join("TZ"[-n:] if n <= 2 else ["P"] * n)
+    parsed = {
+        "points": [_numbers(p, n + 2, f"--points ({where},X,Y)") for p in args.points],
+        "negative": [_numbers(p, n + 2, f"--negative-points ({where},X,Y)") for p in args.negative_points],
+        "boxes": [_numbers(b, n + 4, f"--boxes ({where},X0,Y0,X1,Y1)") for b in args.boxes],
+    }
+    planes: dict[tuple, dict[str, list]] = {}
+    for kind, items in parsed.items():
+        for values in items:
+            if any(v != int(v) for v in values[:n]):
+                raise InputError(f"plane indices must be whole numbers, not {values[:n]}")
+            key = check_plane([int(v) for v in values[:n]], stack_shape)
+            planes.setdefault(key, {"points": [], "negative": [], "boxes": []})[kind].append(values[n:])
+    objects = []
+    for key, given in planes.items():
+        points = given["points"] + given["negative"]
+        labels = [1] * len(given["points"]) + [0] * len(given["negative"])
+        found = objects_from_prompts(points or None, labels, None, given["boxes"] or None)
+        objects.extend((key, obj) for obj in found)
+    return objects
 
 
 def _numbers(text: str, count: int, option: str) -> list[float]:

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from .decode.masks import crop_to_content
 from .errors import InputError
 from .imaging import channels_last
 from .options import EverythingOptions, ImageOptions
-from .results import Segmentation
-from .stack import LinkedStack, link_planes
+from .results import Segmentation, quality_mask
+from .stack import Gap, LinkedStack, find_gaps, link_planes
 from .steps import PlaneKey, Progress, Result, Steps, embed_cached, run
 
 if TYPE_CHECKING:
@@ -150,15 +151,115 @@ def segment_stack_steps(
 ) -> Steps[StackResult]:
     """Segment every plane of a stack, then give an object one id through neighbouring planes.
 
-    See :func:`segment_planes`; linking uses ``options.link_iou``
-    (:func:`~napari_mobilesamv2.stack.link_planes`).
+    See :func:`segment_planes`; with ``options.fill_gaps`` objects missed on one plane
+    are decoded there from their neighbours' boxes (:func:`fill_gap_steps`); linking uses
+    ``options.link_iou`` (:func:`~napari_mobilesamv2.stack.link_planes`).
     """
     keys = stack_keys(stack_shape)
     found = yield from segment_planes(model, keys, read_plane, options, conversion, embedding_of=embedding_of)
+    if options.fill_gaps:
+        found = yield from fill_gap_steps(model, stack_shape, read_plane, found, options, conversion,
+                                          embedding_of=embedding_of)
     labels = np.stack([f.labels for f in found]).reshape(*stack_shape, *found[0].labels.shape)
     link = link_planes(labels, options.link_iou)
     yield Progress("linking", len(keys), len(keys), f"{link.n_objects} objects through {len(keys)} planes")
     return StackResult(link, found, keys)
+
+
+def fill_gap_steps(
+    model: SegmentationPipeline,
+    stack_shape: Sequence[int],
+    read_plane: Callable[[PlaneKey], np.ndarray],
+    planes: list[Segmentation],
+    options: EverythingOptions,
+    conversion: dict[str, Any] | None = None,
+    *,
+    embedding_of: Callable[[PlaneKey, np.ndarray], Any] | None = None,
+) -> Steps[list[Segmentation]]:
+    """Decode objects that a plane lacks but the planes on both sides hold.
+
+    The gaps are those of :func:`~napari_mobilesamv2.stack.find_gaps` (along every stack
+    axis, at ``options.link_iou``). On each plane with gaps the mean of the neighbours'
+    boxes prompts the mask decoder; a mask is kept only where the plane has no object yet,
+    and only if that part reaches ``options.link_iou`` with the object on a neighbouring
+    plane (so linking joins the three) and passes the ``min_*`` filters. Planes larger than
+    ``options.tile`` are left as they are.
+
+    Parameters
+    ----------
+    model, stack_shape, read_plane, options, conversion, embedding_of
+        As for :func:`segment_stack_steps`.
+    planes : list of Segmentation
+        The per-plane results, in the C order of the stack's planes.
+
+    Yields
+    ------
+    Progress
+        ``filling gaps``, after each plane with gaps.
+
+    Returns
+    -------
+    list of Segmentation
+        `planes`, where a plane with filled gaps has the new objects after its own (ids
+        ``n + 1``, ... with detector score NaN).
+    """
+    keys = stack_keys(stack_shape)
+    shape = planes[0].labels.shape
+    flat = np.stack([p.labels for p in planes])
+    by_plane: dict[int, list[Gap]] = {}
+    for gap in find_gaps(flat.reshape(*stack_shape, *shape), options.link_iou):
+        by_plane.setdefault(gap.plane, []).append(gap)
+    planes = list(planes)
+    filled = 0
+    for plane, gaps in by_plane.items():
+        pixels = read_plane(keys[plane])
+        if _needs_tiles(pixels, options, conversion or {}):
+            continue
+        embedding = embedding_of(keys[plane], pixels) if embedding_of is not None else None
+        if embedding is None:
+            embedding = model.embed(model.prepare_image(pixels, **(conversion or {})))
+        boxes = np.stack([gap.box_xyxy for gap in gaps])
+        decoded = model.decode_boxes(embedding, boxes, options)
+        keep = quality_mask(decoded, options.min_predicted_iou, options.min_stability, options.min_area)
+        before = planes[plane]
+        planes[plane] = _add_gap_objects(before, decoded, keep, boxes, gaps, flat, options.link_iou)
+        filled += len(planes[plane]) - len(before)
+        yield Progress("filling gaps", len(keys), len(keys), f"{_where(keys[plane])}: {filled} objects filled")
+    return planes
+
+
+def _add_gap_objects(found: Segmentation, decoded, keep: np.ndarray, boxes: np.ndarray, gaps: list[Gap],
+                     flat: np.ndarray, link_iou: float) -> Segmentation:
+    """`found` with the decoded gap masks that fit: painted on background only, linked to a neighbour."""
+    labels = found.labels.copy()
+    crops, rows = list(found.crops), []
+    for i, gap in enumerate(gaps):
+        if not keep[i]:
+            continue
+        free = decoded.crops[i].to_full(labels.shape) & (labels == 0)
+        neighbours = (flat[gap.before] == gap.id_before, flat[gap.after] == gap.id_after)
+        if max(_iou(free, other) for other in neighbours) < link_iou:
+            continue
+        labels[free] = len(crops) + 1
+        crops.append(crop_to_content(free))
+        rows.append(i)
+    if not rows:
+        return found
+    n = len(found)
+    visible = np.bincount(labels.ravel(), minlength=len(crops) + 1)[1:].astype(np.int64)
+    return Segmentation(
+        labels, crops, np.concatenate([found.boxes_xyxy.reshape(-1, 4), boxes[rows]]).astype(np.float32),
+        np.concatenate([found.score, np.full(len(rows), np.nan)]).astype(np.float32),
+        np.concatenate([found.predicted_iou, decoded.predicted_iou[rows]]).astype(np.float32),
+        np.concatenate([found.stability, decoded.stability[rows]]).astype(np.float32),
+        np.concatenate([found.visible_area[:n], visible[n:]]).astype(np.int64), found.strategy,
+        None if found.tile is None else np.concatenate([found.tile, np.full(len(rows), -1)]).astype(np.int64),
+    )
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
 
 
 def segment_stack(

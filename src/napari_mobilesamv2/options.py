@@ -5,7 +5,8 @@ ranges, choices and help texts from the dataclasses here:
 
 * :class:`EverythingOptions` -- how "segment everything" finds objects;
 * :class:`ImageOptions` -- how an image plane becomes the models' 8-bit RGB input;
-* :class:`ModelOptions` -- which models run where.
+* :class:`ModelOptions` -- which models run where;
+* :class:`PropagationOptions` -- how a prompted object is followed through a stack.
 
 Each field carries an :class:`OptionSpec` in its metadata. The dataclasses check
 their values when made, so a bad value fails before any model runs, with a
@@ -43,7 +44,7 @@ class OptionSpec:
         One line for ``--help``, tooltips and the docs (without the default).
     group : str
         Section it belongs to: ``strategy``, ``detector``, ``decoder``, ``grid``,
-        ``filters``, ``stack``, ``image`` or ``model``.
+        ``filters``, ``stack``, ``tiling``, ``propagation``, ``image`` or ``model``.
     minimum, maximum : float, optional
         Allowed range, inclusive (``minimum_exclusive`` makes the lower end exclusive).
     choices : tuple, optional
@@ -274,6 +275,10 @@ class EverythingOptions(_Checked):
         0.5, "stacks: least mask IoU for objects of neighbouring planes to share an id", "stack",
         minimum=0.0, maximum=1.0, minimum_exclusive=True,
     )
+    fill_gaps: bool = option(
+        True, "stacks: an object found on the planes before and after a plane but missed on it is decoded "
+        "there from its neighbours' boxes", "stack",
+    )
     tile: int | None = option(
         None, "segment the image in square tiles of this many pixels at native resolution, for images larger "
         "than one view (max_prompts then applies per tile)", "tiling", minimum=256, maximum=65536,
@@ -362,6 +367,38 @@ class ModelOptions(_Checked):
     trust_weights: bool = option(
         False, "allow loading a detector file whose sha256 is not the published one (it is a pickle, "
         "which can run code)", "model",
+    )
+
+
+NEXT_PROMPTS = ("box", "box+point", "box+mask")
+#: Help text of the "through the stack" choice of segment anything (CLI flag, napari checkbox).
+THROUGH_STACK_HELP = (
+    "follow each prompted object from its plane to the next ones along the stack axis, in both directions, "
+    "until the predicted IoU or the overlap with the previous plane falls below its threshold"
+)
+
+
+@dataclass(frozen=True)
+class PropagationOptions(_Checked):
+    """How a prompted object is followed from plane to plane through a stack.
+
+    The mask found on one plane prompts the decoder on the next; the object stops where
+    the decoder's predicted IoU or the overlap with the previous plane's mask falls
+    below its threshold, or at the end of the stack.
+    """
+
+    next_prompt: str = option(
+        "box", "what the mask on one plane gives the decoder on the next: box (its bounding box), box+point "
+        "(and its innermost pixel as an object point), box+mask (and the mask as the decoder's mask input)",
+        "propagation", choices=NEXT_PROMPTS,
+    )
+    stop_iou: float = option(
+        0.5, "stop following an object when the decoder's predicted IoU of its mask falls below this",
+        "propagation", minimum=-1.0, maximum=2.0,
+    )
+    stop_overlap: float = option(
+        0.3, "stop following an object when the IoU of its mask with its mask on the previous plane falls "
+        "below this", "propagation", minimum=0.0, maximum=1.0,
     )
 
 

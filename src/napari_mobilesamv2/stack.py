@@ -4,7 +4,10 @@ Segment everything works on one 2D plane at a time, so the same nucleus gets an
 unrelated id in each z plane (or time point). :func:`link_planes` gives it one id
 through the stack: neighbouring planes (along every stack axis: z, and t for a
 time series) are matched one-to-one, greedily by decreasing mask IoU, and matched
-objects are joined. Pure numpy, so the CLI and scripts can use it without napari.
+objects are joined. :func:`find_gaps` finds the objects that a plane lacks although
+the planes before and after it hold them (a missed detection), so that they can be
+decoded there from their neighbours' boxes. Pure numpy, so the CLI and scripts can use
+it without napari.
 """
 
 from __future__ import annotations
@@ -104,6 +107,97 @@ def neighbour_pairs(stack_shape: Sequence[int], axes: Sequence[int] | None = Non
         before = np.delete(flat, -1, axis=axis).ravel()
         after = np.delete(flat, 0, axis=axis).ravel()
         yield from zip(before.tolist(), after.tolist())
+
+
+def neighbour_triples(
+    stack_shape: Sequence[int], axes: Sequence[int] | None = None
+) -> Iterator[tuple[int, int, int]]:
+    """Flat indices ``(before, plane, after)`` of every three consecutive planes along one of `axes`."""
+    stack_shape = tuple(stack_shape)
+    axes = range(len(stack_shape)) if axes is None else axes
+    flat = np.arange(int(np.prod(stack_shape, dtype=np.int64))).reshape(stack_shape)
+    for axis in axes:
+        n = stack_shape[axis]
+        if n < 3:
+            continue
+        before = np.take(flat, range(0, n - 2), axis=axis).ravel()
+        middle = np.take(flat, range(1, n - 1), axis=axis).ravel()
+        after = np.take(flat, range(2, n), axis=axis).ravel()
+        yield from zip(before.tolist(), middle.tolist(), after.tolist())
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An object on the planes `before` and `after` of `plane` that `plane` lacks.
+
+    Attributes
+    ----------
+    plane, before, after : int
+        Flat (C-order) plane indices.
+    id_before, id_after : int
+        The object's per-plane ids on `before` and `after`.
+    box_xyxy : numpy.ndarray
+        (4,) float32 mean of its boxes on `before` and `after` (x0, y0, x1, y1, pixel edges):
+        the box prompt for `plane`.
+    """
+
+    plane: int
+    before: int
+    after: int
+    id_before: int
+    id_after: int
+    box_xyxy: np.ndarray
+
+
+def find_gaps(planes: np.ndarray, iou_threshold: float = 0.5, axes: Sequence[int] | None = None) -> list[Gap]:
+    """Objects present on the planes on both sides of a plane and missing on it.
+
+    An object of plane ``k - 1`` that matches nothing on plane ``k`` and an object of
+    plane ``k + 1`` that matches nothing on plane ``k`` form a gap when they match each
+    other (mask IoU at least `iou_threshold`, one-to-one as in :func:`match_objects`).
+
+    Parameters
+    ----------
+    planes : numpy.ndarray
+        (*stack_shape, H, W) integer labels, each plane numbered on its own.
+    iou_threshold : float
+        Least mask IoU for two objects to be the same object (as in :func:`link_planes`).
+    axes : sequence of int, optional
+        Stack axes to look along (default: all).
+
+    Returns
+    -------
+    list of Gap
+        In order of the axes, then of the planes.
+    """
+    planes = np.asarray(planes)
+    if planes.ndim < 2 or planes.dtype.kind not in "iub":
+        raise InputError(f"expected integer label planes (..., H, W), got {planes.dtype} of shape {planes.shape}")
+    flat = planes.reshape(-1, *planes.shape[-2:])
+    gaps = []
+    for before, plane, after in neighbour_triples(planes.shape[:-2], axes):
+        lost_before = _unmatched(flat[before], flat[plane], iou_threshold)
+        lost_after = _unmatched(flat[after], flat[plane], iou_threshold)
+        if not (lost_before.any() and lost_after.any()):
+            continue
+        kept_before = np.where(lost_before, flat[before], 0)
+        kept_after = np.where(lost_after, flat[after], 0)
+        for id_before, id_after in match_objects(kept_before, kept_after, iou_threshold):
+            box = (_box_of(flat[before] == id_before) + _box_of(flat[after] == id_after)) / 2
+            gaps.append(Gap(plane, before, after, int(id_before), int(id_after), box.astype(np.float32)))
+    return gaps
+
+
+def _unmatched(labels: np.ndarray, other: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """(H, W) bool: the pixels of the objects of `labels` that match no object of `other`."""
+    matched = match_objects(labels, other, iou_threshold)[:, 0]
+    return (labels > 0) & ~np.isin(labels, matched)
+
+
+def _box_of(mask: np.ndarray) -> np.ndarray:
+    """(4,) float64 x0, y0, x1, y1 (pixel edges) of the True pixels."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float64)
 
 
 def link_planes(

@@ -52,7 +52,9 @@ class BlobPipeline:
     * ``segment_everything``: each box's mask is the region covering most of the box
       (``strategy="grid"``: every region);
     * ``segment_anything``: a box gives its region, a positive point the region under
-      it, a negative point removes the region under it.
+      it, a negative point removes the region under it; a mask prompt alone (no box, no
+      point) gives the region covering most of it. A box decides alone: points and a
+      mask given with a box are not used, which is not how SAM's decoder combines them.
 
     Parameters
     ----------
@@ -222,6 +224,8 @@ def _in_box(regions: np.ndarray, box: np.ndarray) -> np.ndarray:
 def _object_mask(regions: np.ndarray, obj: ObjectPrompt) -> np.ndarray:
     if obj.box is not None:
         return _in_box(regions, obj.box)
+    if obj.mask is not None and not len(obj.points):
+        return _under_mask(regions, obj.mask)
     mask = np.zeros(regions.shape, bool)
     pixels = np.clip(np.round(obj.points).astype(int), 0, np.array(regions.shape[::-1]) - 1)
     for (x, y), label in zip(pixels, obj.labels):
@@ -229,6 +233,12 @@ def _object_mask(regions: np.ndarray, obj: ObjectPrompt) -> np.ndarray:
         if region:
             mask = mask | (regions == region) if label else mask & (regions != region)
     return mask
+
+
+def _under_mask(regions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The region covering most of a mask prompt (nothing when the mask covers no region)."""
+    ids, counts = np.unique(regions[mask & (regions > 0)], return_counts=True)
+    return regions == ids[counts.argmax()] if len(ids) else np.zeros(regions.shape, bool)
 
 
 def _decoded(masks: list[np.ndarray]) -> DecodedMasks:

@@ -115,7 +115,7 @@ def test_settings_pass_only_what_applies(dock, strategy, scope):
     settings = dock.settings()
     everything = {name: value for name, value in settings.items() if name in EVERYTHING}
     expected = {name for name, info in EVERYTHING.items() if strategy in info.spec.strategies}
-    assert set(everything) == expected - ({"link_iou"} if scope == "plane" else set())
+    assert set(everything) == expected - ({"link_iou", "fill_gaps"} if scope == "plane" else set())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a setting the strategy ignores would warn
         EverythingOptions(**everything).check_strategy()

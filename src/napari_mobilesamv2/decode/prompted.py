@@ -186,11 +186,48 @@ class ObjectPrompt:
         (K,) int, 1 = foreground, 0 = background.
     box : numpy.ndarray or None
         (4,) float x0, y0, x1, y1 in image pixels.
+    mask : numpy.ndarray or None
+        (H, W) bool mask of the object in image pixels (e.g. its mask on the
+        neighbouring plane of a stack), given to the decoder as its low-resolution
+        mask input (see :func:`mask_input`).
     """
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     box: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+
+#: Logit given to mask-input cells wholly inside (+) or outside (-) the object.
+MASK_INPUT_LOGIT = 8.0
+_LOW_RES = IMAGE_SIZE // 4  # SAM's mask input and low-resolution output side (256)
+
+
+def mask_input(mask: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+    """A binary image-pixel mask as SAM's (1, 256, 256) float32 mask input (logits).
+
+    The mask is resized as the image is (longer side to 1024, padded at the bottom and
+    right), averaged over 4 x 4 cells, and the fraction ``f`` of object pixels in each
+    cell becomes the logit ``MASK_INPUT_LOGIT * (2 f - 1)``: positive inside, negative
+    outside, near 0 on the edge.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        (H, W) bool, the image's size.
+    original_size : tuple of int
+        (H, W) of the image.
+    """
+    mask = np.asarray(mask, bool)
+    if mask.shape != tuple(original_size):
+        raise InputError(f"the mask prompt has shape {mask.shape}, but the image is {tuple(original_size)}")
+    h, w = ResizeLongestSide.get_preprocess_shape(mask.shape[0], mask.shape[1], IMAGE_SIZE)
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(mask).float()[None, None], size=(h, w), mode="bilinear", align_corners=False,
+    )
+    padded = torch.nn.functional.pad(resized, (0, IMAGE_SIZE - w, 0, IMAGE_SIZE - h))
+    fraction = torch.nn.functional.avg_pool2d(padded, IMAGE_SIZE // _LOW_RES)
+    return (MASK_INPUT_LOGIT * (2.0 * fraction[0] - 1.0)).numpy().astype(np.float32)
 
 
 @torch.inference_mode()
@@ -204,7 +241,7 @@ def decode_object_prompts(
 
     A lone foreground point is ambiguous, so SAM's three multimask outputs are
     computed and the one with the highest predicted IoU is kept; with more
-    prompts the single-mask output is used.
+    prompts (a box, several points, a mask input) the single-mask output is used.
     """
     device = embedding.device
     logits, ious = [], []
@@ -218,8 +255,11 @@ def decode_object_prompts(
         box = None
         if obj.box is not None:
             box = torch.from_numpy(transform_boxes(obj.box, embedding.original_size)).to(device)
-        sparse, dense = prompt_encoder(points=points, boxes=box, masks=None)
-        multimask = obj.box is None and len(obj.points) == 1
+        masks = None
+        if obj.mask is not None:
+            masks = torch.from_numpy(mask_input(obj.mask, embedding.original_size))[None].to(device)
+        sparse, dense = prompt_encoder(points=points, boxes=box, masks=masks)
+        multimask = obj.box is None and obj.mask is None and len(obj.points) == 1
         low_res, iou = mask_decoder(
             image_embeddings=embedding.features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, multimask_output=multimask,

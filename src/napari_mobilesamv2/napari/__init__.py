@@ -40,6 +40,7 @@ _EXPORTS = {
         for name in (
             "decode_box_layer", "pipeline_for", "prepare_anything", "prepare_decode_box_layer",
             "prepare_everything", "prepare_show_boxes", "segment_anything", "segment_everything", "show_boxes",
+            "tracks_layer",
         )
     },
 }

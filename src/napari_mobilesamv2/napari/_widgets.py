@@ -40,7 +40,7 @@ from qtpy.QtWidgets import QWidget
 
 from ..engine import Progress
 from ..errors import InputError, MobileSAMv2Error
-from ..options import EverythingOptions, ImageOptions, option_info, options_of
+from ..options import THROUGH_STACK_HELP, EverythingOptions, ImageOptions, option_info, options_of
 from . import api
 from ._layers import current_plane, image_view, points_on_plane, shapes_to_boxes
 from ._model_section import ModelControls
@@ -548,6 +548,7 @@ class SegmentEverythingWidget(JobWidget):
             tooltip=TIPS["scope"],
         )
         self.link_iou = option_widget(everything["link_iou"])
+        self.fill_gaps = option_widget(everything["fill_gaps"])
         self.output = narrow_combo(ComboBox(label="output", choices=_layers_of(viewer, Labels, "new labels layer"),
                                             tooltip=TIPS["output"]))
         self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids", tooltip=TIPS["policy"])
@@ -556,7 +557,7 @@ class SegmentEverythingWidget(JobWidget):
                                            tooltip=TIPS["boxes"]))
         self.show_boxes_button = PushButton(text="Show boxes", tooltip=TIPS["show_boxes"])
         self.decode_boxes_button = PushButton(text="Decode boxes", tooltip=TIPS["decode_boxes"])
-        self.where = Container(labels=True, widgets=[self.scope, self.link_iou])
+        self.where = Container(labels=True, widgets=[self.scope, self.link_iou, self.fill_gaps])
         self.labels_folder = FileEdit(label="large labels folder", mode="d", value=api.default_labels_folder(),
                                       tooltip=api.LABELS_FOLDER_HELP.format(limit=api.large_io.NAPARI_PLANE_LIMIT))
         self.destination = Container(labels=True, widgets=[self.output, self.policy, self.labels_folder])
@@ -586,7 +587,7 @@ class SegmentEverythingWidget(JobWidget):
         self.advanced.visible = self.show_advanced.value
         stack = self._has_stack()
         self.scope.visible = stack
-        self.link_iou.visible = stack and self.scope.value == "stack"
+        self.link_iou.visible = self.fill_gaps.visible = stack and self.scope.value == "stack"
         self.where.visible = stack
         self.policy.visible = self.output.value is not None
         self.box_section.visible = strategy == "object-aware"
@@ -602,7 +603,7 @@ class SegmentEverythingWidget(JobWidget):
         :func:`~.api.segment_everything` (the advanced ones apply also while folded away)."""
         chosen = {"strategy": self.strategy.value, **self._applying(self.strategy.value)}
         if self._scope() == "stack":
-            chosen["link_iou"] = self.link_iou.value
+            chosen["link_iou"], chosen["fill_gaps"] = self.link_iou.value, self.fill_gaps.value
         return {**self.images.settings(), **self.model.settings(), **chosen}
 
     def run(self) -> None:
@@ -677,13 +678,14 @@ class SegmentAnythingWidget(JobWidget):
                                             tooltip=TIPS["output"]))
         self.policy = ComboBox(label="id policy", choices=POLICIES, value="new_ids", tooltip=TIPS["policy"])
         self.clear_prompts = CheckBox(text="clear used prompts after a run", value=True, tooltip=TIPS["clear_prompts"])
+        self.through_stack = CheckBox(text="through the stack", value=False, tooltip=THROUGH_STACK_HELP)
         self.run_button = PushButton(text=f"Segment ({RUN_ANYTHING_KEY})", tooltip=TIPS["run_anything"])
         self.extend([
             _header("Segment anything"),
             Container(labels=True, widgets=[self.points, self.shapes]),
             self.add_prompts_button, self.negative,
             Container(labels=True, widgets=[self.output, self.policy]),
-            self.clear_prompts,
+            self.clear_prompts, self.through_stack,
             Container(layout="horizontal", labels=False, widgets=[self.run_button, self.cancel_button]),
             self.progress_bar, self.status,
         ])
@@ -717,7 +719,8 @@ class SegmentAnythingWidget(JobWidget):
             self._used = self._prompts_on_plane()
             return api.prepare_anything(
                 image, self.viewer, points=self.points.value, shapes=self.shapes.value, output=self.output.value,
-                policy=self.policy.value, embeddings_folder=self.model.embeddings_folder.value, **self.settings(),
+                policy=self.policy.value, through_stack=self.through_stack.value,
+                embeddings_folder=self.model.embeddings_folder.value, **self.settings(),
             )
 
         self._hint_channels()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels, Points, Shapes
+from napari.layers import Image, Labels, Points, Shapes, Tracks
 
 from .. import engine, large_io, tiled
 from ..decode.labels import ID_POLICIES, paint_order
@@ -31,7 +31,7 @@ from ..decode.prompted import ObjectPrompt
 from ..errors import InputError, OutputError
 from ..imaging import MAX_PIXELS
 from ..models.download import cache_dir
-from ..options import EverythingOptions, ImageOptions, ModelOptions
+from ..options import EverythingOptions, ImageOptions, ModelOptions, PropagationOptions
 from ..prompts.user import check_object, objects_from_prompts
 from ..protocols import SegmentationPipeline
 from ..results import Segmentation
@@ -487,10 +487,13 @@ def prepare_anything(
     plane: Plane | None = None,
     pipeline: SegmentationPipeline | None = None,
     name: str | None = None,
+    through_stack: bool = False,
+    axis: int | None = None,
     embeddings_folder: str | os.PathLike | None = None,
     **settings,
 ) -> Job:
     """A :class:`Job` that segments the prompted objects; see :func:`segment_anything`."""
+    propagation, settings = _propagation_settings(settings)
     model, options, image_options = split_settings(settings)
     _check_choice("id policy", policy, ID_POLICIES)
     view = image_view(image, viewer, image_options)
@@ -506,12 +509,15 @@ def prepare_anything(
             "background and need a positive point or a box too)"
         )
 
+    disk = embeddings_on_disk(embeddings_folder)
+    if through_stack:
+        return _through_stack_job(view, viewer, plane, prompts, boxes, propagation, axis, model, pipeline, output,
+                                  policy, name or f"{image.name} objects", disk)
     windowed = is_large(view)
     if windowed:
         objects = [check_object(o, view.plane_shape) for o in objects_from_prompts(
             prompts.points, prompts.labels, prompts.groups, boxes)]
         windows = prompt_windows([_extent(o) for o in objects], view.plane_shape, tile_side(options))
-    disk = embeddings_on_disk(embeddings_folder)
 
     def steps():
         pipe = yield from _load(pipeline, model)
@@ -688,6 +694,59 @@ def _disjoint(windows: list[Window]) -> list[Window]:
     return [tuple(r) for r in rects]
 
 
+def _propagation_settings(settings: dict[str, Any]) -> tuple[PropagationOptions, dict[str, Any]]:
+    """The :class:`PropagationOptions` among keyword settings, and the other settings."""
+    names = {f.name for f in fields(PropagationOptions)}
+    chosen = {k: v for k, v in settings.items() if k in names}
+    return PropagationOptions(**chosen), {k: v for k, v in settings.items() if k not in names}
+
+
+def _through_stack_job(view: ImageView, viewer, plane: Plane, prompts: PointPrompts, boxes: np.ndarray,
+                       options: PropagationOptions, axis: int | None, model: ModelOptions,
+                       pipeline: SegmentationPipeline | None, output: Labels | None, policy: str, name: str,
+                       disk=None) -> Job:
+    """Segment anything on `plane` and follow the objects along a stack axis of the layer
+    (embeddings kept on `disk` when given, see :func:`embeddings_on_disk`)."""
+    from ..propagate import propagate_steps
+
+    if not view.stack_axes:
+        raise InputError(f"{view.layer.name!r} has no stack axis to follow objects through (it is one plane)")
+    axis = view.stack_axes[-1] if axis is None else int(axis)
+    if axis not in view.stack_axes:
+        raise InputError(f"axis {axis} of {view.layer.name!r} is not a stack axis; choose one of "
+                         f"{', '.join(map(str, view.stack_axes))}")
+    objects = objects_from_prompts(prompts.points, prompts.labels, prompts.groups, boxes)
+    n_along = view.data.shape[axis]
+
+    def steps():
+        pipe = yield from _load(pipeline, model)
+        embedding_of = partial(_plane_embedding, pipe, view) if disk is None else None
+        found = yield from propagate_steps(
+            pipe, view.stack_shape, view.read, [(plane, obj) for obj in objects], options, view.conversion(),
+            axis=view.stack_axes.index(axis), embedding_of=embedding_of, embeddings=disk,
+        )
+        return _propagation_result(view, found)
+
+    def apply(result: LabelsResult) -> Labels:
+        return apply_labels(result, view, viewer, output, policy, name)
+
+    return Job(steps, n_along, apply, f"segment anything through axis {axis} of {view.layer.name}")
+
+
+def _propagation_result(view: ImageView, found) -> LabelsResult:
+    """The followed objects as labels of the whole layer and one table row per object."""
+    planes = view.planes()
+    labels = new_labels_data(view)
+    flat = found.labels.reshape(-1, *found.labels.shape[-2:])
+    for index in np.unique(found.planes["plane"]):
+        labels[view.labels_key(planes[index])] = flat[index]
+    table = {name: found.table[name] for name in ("id", "predicted_iou", "n_planes")}
+    first = [view.describe(planes[i]) for i in found.table["start_plane"]]
+    table["slice"] = np.array([f"{where} ({a} to {b} along the axis)" for where, a, b in
+                               zip(first, found.table["first"], found.table["last"])], dtype=object)
+    return LabelsResult(labels, (slice(None),) * labels.ndim, table)
+
+
 def segment_anything(
     image: Image,
     viewer=None,
@@ -699,6 +758,9 @@ def segment_anything(
     plane: Plane | None = None,
     pipeline: SegmentationPipeline | None = None,
     name: str | None = None,
+    through_stack: bool = False,
+    axis: int | None = None,
+    embeddings_folder: str | os.PathLike | None = None,
     **settings,
 ) -> Labels:
     """Segment the objects marked by points and shapes on the current plane.
@@ -711,6 +773,19 @@ def segment_anything(
     * Each shape (rectangle, or the bounding box of a polygon/ellipse) is one object.
     * Only prompts on the current plane are used.
 
+    Through the stack
+    -----------------
+    With ``through_stack=True`` each object is segmented on the current plane, then its
+    mask prompts the next plane along `axis` (a stack axis of the image layer; default
+    the last one, z of a (T, Z, Y, X) image), in both directions, until the decoder's
+    predicted IoU or the overlap with the previous plane's mask falls below
+    ``stop_iou`` / ``stop_overlap``, or the stack ends; ``next_prompt`` chooses what
+    the next plane gets (see :class:`~napari_mobilesamv2.options.PropagationOptions`).
+    Each object keeps one id on all its planes; the labels are written as one undo step.
+    The planes' embeddings are kept in the session's memory cache (the last few planes),
+    or with `embeddings_folder` on disk, so that a second run over the same planes only
+    runs the mask decoder.
+
     The plane's embedding is cached, so running again with edited prompts only
     runs the mask decoder. On a large plane (see :func:`is_large`) only windows
     around the prompts are read and embedded (:func:`prompt_windows`; ``tile`` sets
@@ -720,8 +795,52 @@ def segment_anything(
     """
     return prepare_anything(
         image, viewer, points=points, shapes=shapes, output=output, policy=policy, plane=plane,
-        pipeline=pipeline, name=name, **settings,
+        pipeline=pipeline, name=name, through_stack=through_stack, axis=axis, embeddings_folder=embeddings_folder,
+        **settings,
     ).run()
+
+
+# -- tracks ----------------------------------------------------------------------------------------
+
+
+def tracks_layer(labels: Labels, viewer=None, *, name: str | None = None) -> Tracks:
+    """A Tracks layer of the object centroids of a time series of labels.
+
+    Parameters
+    ----------
+    labels : napari.layers.Labels
+        (T, Y, X) or (T, Z, Y, X) labels whose objects keep their id through time (e.g. from
+        :func:`segment_everything` with ``scope="stack"``, or :func:`segment_anything` with
+        ``through_stack=True`` along t); the first axis is time.
+    viewer : napari.Viewer, optional
+        Receives the layer.
+    name : str, optional
+        Name of the layer (default ``"<labels> tracks"``).
+
+    Returns
+    -------
+    napari.layers.Tracks
+        One point per object and time point (track id = label id), in the labels' frame;
+        ``features`` hold ``area`` and ``score`` (from the labels layer's ``score`` feature
+        when it has one).
+    """
+    from ..tracks import tracks_data, tracks_table
+
+    data = np.asarray(labels.data)
+    scores = None
+    features = labels.features
+    if "id" in features and "score" in features and len(features):
+        ids = np.asarray(features["id"], np.int64)
+        scores = np.full(int(ids.max(initial=0)), np.nan)
+        scores[ids - 1] = np.asarray(features["score"], np.float64)
+    table = tracks_table(data, scores)
+    if not len(table["id"]):
+        raise InputError(f"{labels.name!r} has no objects to track")
+    layer = Tracks(
+        tracks_data(table, with_z=data.ndim == 4), name=name or f"{labels.name} tracks",
+        features={"area": table["area"], "score": table["score"]}, scale=labels.scale, translate=labels.translate,
+    )
+    return viewer.add_layer(layer) if viewer is not None else layer
 
 
 # -- editable box proposals ----------------------------------------------------------------------

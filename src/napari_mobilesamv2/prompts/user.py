@@ -146,7 +146,8 @@ def check_object(obj: ObjectPrompt, shape: tuple[int, int]) -> ObjectPrompt:
     Raises
     ------
     InputError
-        A point lies outside the image, or the box has no area inside it.
+        A point lies outside the image, the box has no area inside it, or the mask
+        is not the image's size.
     """
     h, w = shape
     points = coordinates(obj.points, 2, "points", "x, y")
@@ -160,7 +161,12 @@ def check_object(obj: ObjectPrompt, shape: tuple[int, int]) -> ObjectPrompt:
             box = ", ".join(f"{v:g}" for v in np.asarray(obj.box, np.float64).reshape(-1))
             raise InputError(f"the box ({box}) has no area inside the {w}x{h} (width x height) image")
         box = checked[0]
-    return ObjectPrompt(points, np.asarray(obj.labels, np.int64).reshape(-1), box)
+    mask = None
+    if obj.mask is not None:
+        mask = np.asarray(obj.mask, bool)
+        if mask.shape != (h, w):
+            raise InputError(f"the mask prompt has shape {mask.shape}, but the image is {h}x{w} (height x width)")
+    return ObjectPrompt(points, np.asarray(obj.labels, np.int64).reshape(-1), box, mask)
 
 
 def prompt_box(obj: ObjectPrompt, crop: MaskCrop) -> np.ndarray:

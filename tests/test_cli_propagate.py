@@ -40,7 +40,8 @@ def read_csv(path: Path) -> list[list[str]]:
 
 def test_segment_anything_follows_objects_through_the_stack(standin, stack_path, tmp_path, capsys):
     labels_path, tracks_path = tmp_path / "labels.tif", tmp_path / "tracks.csv"
-    code = main(["segment-anything", str(stack_path), "--stack", "--boxes", "4,15,20,36,41", "--points", "4,70,30",
+    # --propagate implies a stack; a stack point is Z,Y,X (row before column)
+    code = main(["segment-anything", str(stack_path), "--boxes", "4,15,20,36,41", "--points", "4,30,70",
                  "--propagate", "--labels", str(labels_path), "--tracks", str(tracks_path)])
     assert code == 0
     labels = tifffile.imread(labels_path)
@@ -57,7 +58,7 @@ def test_segment_anything_follows_objects_through_the_stack(standin, stack_path,
 
 def test_without_propagate_each_object_stays_on_its_plane(standin, stack_path, tmp_path):
     labels_path = tmp_path / "labels.tif"
-    assert main(["segment-anything", str(stack_path), "--stack", "--boxes", "4,15,20,36,41", "--points", "0,70,30",
+    assert main(["segment-anything", str(stack_path), "--stack", "--boxes", "4,15,20,36,41", "--points", "0,30,70",
                  "--labels", str(labels_path)]) == 0
     labels = tifffile.imread(labels_path)
     # ids follow the planes in the order they are first named, points before boxes
@@ -76,12 +77,13 @@ def test_the_time_axis_and_the_stop_settings_reach_the_core(standin, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--stack", "--points", "70,30"], r"--points \(Z,X,Y\) expects 3 comma-separated numbers"),
+    (["--stack", "--points", "70,30"], r"--points \(Z,Y,X\) expects 3 comma-separated numbers"),
     (["--stack", "--boxes", "9,15,20,36,41"], "plane index 9 is outside the stack axis of size 9"),
     (["--stack", "--boxes", "1.5,15,20,36,41"], "plane indices must be whole numbers"),
-    (["--stack", "--points", "4,70,30", "--propagate", "--axis", "1"], "axis 1 does not exist"),
-    (["--points", "70,30", "--propagate"], "--propagate needs --stack"),
-    (["--stack", "--points", "4,70,30", "--proposals", "out.json"], "not --proposals"),
+    (["--stack", "--points", "4,30,70", "--propagate", "--axis", "1"], "axis 1 does not exist"),
+    (["--points", "70,30", "--propagate"], r"--points \(Z,Y,X\) expects 3 comma-separated numbers"),
+    (["--tracks", "t.csv", "--points", "70,30"], "--tracks needs --stack"),
+    (["--stack", "--points", "4,30,70", "--proposals", "out.json"], "not --proposals"),
 ])
 def test_stack_prompt_mistakes_are_one_line_errors(standin, stack_path, tmp_path, extra, message, capsys):
     code = main(["segment-anything", str(stack_path), "--labels", str(tmp_path / "l.tif"), *extra])

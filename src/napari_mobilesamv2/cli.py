@@ -21,9 +21,8 @@ import numpy as np
 from .errors import InputError, MobileSAMv2Error, OutputError
 from .models.registry import WEIGHT_FILES, default_weight_set
 from .imaging import MAX_PIXELS
-from .embedding_cache import FOLDER_HELP as EMBEDDINGS_FOLDER_HELP
 from .options import (
-    LARGE_IMAGE_TILE, THROUGH_STACK_HELP, EverythingOptions, ImageOptions, ModelOptions, OptionInfo,
+    EMBEDDINGS_FOLDER_HELP, LARGE_IMAGE_TILE, THROUGH_STACK_HELP, EverythingOptions, ImageOptions, ModelOptions, OptionInfo,
     PropagationOptions, options_of,
 )
 
@@ -174,28 +173,30 @@ def _add_anything_command(commands) -> None:
         "segment-anything", help="segment the objects given by points and boxes", formatter_class=_Formatter,
         description="Segment one object per box and per object point. Coordinates are image pixels: x is the "
                     "column, y the row, (0, 0) the top-left corner. With --stack every point and box starts with "
-                    "the index of its plane on each stack axis: Z,X,Y and Z,X0,Y0,X1,Y1 for a (Z, Y, X) stack, "
-                    "T,Z,X,Y for (T, Z, Y, X); --propagate follows each object from its plane through the stack.",
+                    "the index of its plane on each stack axis, and a stack point is given in array order (row before "
+                    "column): Z,Y,X points and Z,X0,Y0,X1,Y1 boxes for a (Z, Y, X) stack, T,Z,Y,X points for "
+                    "(T, Z, Y, X). --propagate (which implies --stack) follows each object from its plane "
+                    "through the stack.",
         epilog="examples:\n  napari-mobilesamv2 segment-anything docs/images/coins.png --points 120,80 "
                "--boxes 10,10,60,50 --labels clicked.tif\n"
-               "  napari-mobilesamv2 segment-anything nuclei_zyx.tif --stack --points 12,80,64 "
+               "  napari-mobilesamv2 segment-anything nuclei_zyx.tif --points 12,64,80 "
                "--boxes 12,10,10,60,50 --propagate --labels nuclei_labels.tif",
     )
     anything.add_argument("image", type=Path, help="the image file")
     prompts = anything.add_argument_group("prompts")
     prompts.add_argument("--points", nargs="+", default=[], metavar="X,Y",
-                         help="object points (one object each); with --stack Z,X,Y (plane index first)")
+                         help="object points (one object each); in a stack Z,Y,X (plane index, row, column)")
     prompts.add_argument("--negative-points", nargs="+", default=[], metavar="X,Y",
-                         help="background points (shared by every point object of their plane); with --stack Z,X,Y")
+                         help="background points (shared by every point object of their plane); in a stack Z,Y,X")
     prompts.add_argument("--boxes", nargs="+", default=[], metavar="X0,Y0,X1,Y1",
-                         help="boxes (one object each); with --stack Z,X0,Y0,X1,Y1 (plane index first)")
+                         help="boxes (one object each); in a stack Z,X0,Y0,X1,Y1 (plane index first)")
     stack = anything.add_argument_group("stacks")
     stack.add_argument("--stack", action="store_true",
                        help="the image is a stack (Z, Y, X), (T, Y, X) or (T, Z, Y, X); prompts start with their "
                             "plane index")
     stack.add_argument("--rgb", action="store_true", help="with --stack: the last axis holds RGB channels")
     stack.add_argument("--propagate", action="store_true",
-                       help="with --stack: " + THROUGH_STACK_HELP)
+                       help="the image is a stack (implies --stack): " + THROUGH_STACK_HELP)
     stack.add_argument("--axis", type=int, default=-1, metavar="N",
                        help="with --propagate: the stack axis to follow, 0 for the first (t of (T, Z, Y, X)) "
                             "(default: -1, the last: z)")
@@ -677,9 +678,9 @@ def _write_tracks(path: Path, labels: np.ndarray, scores: np.ndarray | None) -> 
 def run_segment_anything(args: argparse.Namespace) -> int:
     from .io import read_image
 
-    if args.stack:
+    if args.stack or args.propagate:
         return _segment_anything_stack(args)
-    for flag, given in (("--propagate", args.propagate), ("--tracks", args.tracks is not None),
+    for flag, given in (("--tracks", args.tracks is not None),
                         ("--rgb", args.rgb)):
         if given:
             raise InputError(f"{flag} needs --stack (and prompts that start with their plane index)")
@@ -719,7 +720,7 @@ def _segment_anything_stack(args: argparse.Namespace) -> int:
     if len(outputs) == 2 and outputs[0] == outputs[1]:
         raise OutputError(f"--labels and --tracks both name {outputs[0]}; give two different files")
     if not (args.points or args.boxes):
-        raise InputError("give at least one of --points Z,X,Y or --boxes Z,X0,Y0,X1,Y1 (plane index first)")
+        raise InputError("give at least one of --points Z,Y,X or --boxes Z,X0,Y0,X1,Y1 (plane index first)")
     options = options_from_args(PropagationOptions, args)
     conversion = options_from_args(ImageOptions, args).conversion()
     stack = read_image(args.image)
@@ -750,8 +751,9 @@ def _stack_objects(args: argparse.Namespace, stack_shape: tuple[int, ...]) -> li
     n = len(stack_shape)
     where = ",".join("TZ"[-n:] if n <= 2 else ["P"] * n)
     parsed = {
-        "points": [_numbers(p, n + 2, f"--points ({where},X,Y)") for p in args.points],
-        "negative": [_numbers(p, n + 2, f"--negative-points ({where},X,Y)") for p in args.negative_points],
+        "points": [_row_column(_numbers(p, n + 2, f"--points ({where},Y,X)"), n) for p in args.points],
+        "negative": [_row_column(_numbers(p, n + 2, f"--negative-points ({where},Y,X)"), n)
+                     for p in args.negative_points],
         "boxes": [_numbers(b, n + 4, f"--boxes ({where},X0,Y0,X1,Y1)") for b in args.boxes],
     }
     planes: dict[tuple, dict[str, list]] = {}
@@ -768,6 +770,11 @@ def _stack_objects(args: argparse.Namespace, stack_shape: tuple[int, ...]) -> li
         found = objects_from_prompts(points or None, labels, None, given["boxes"] or None)
         objects.extend((key, obj) for obj in found)
     return objects
+
+
+def _row_column(values: list[float], n: int) -> list[float]:
+    """A stack point given as plane index, row, column, in the (plane, x, y) order of 2D prompts."""
+    return [*values[:n], values[n + 1], values[n]]
 
 
 def _numbers(text: str, count: int, option: str) -> list[float]:

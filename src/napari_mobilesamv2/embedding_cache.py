@@ -45,9 +45,6 @@ _FOLDER_LOCKS_GUARD = threading.Lock()
 
 
 @dataclass(frozen=True)
-FOLDER_HELP = ("keep image embeddings in this folder and reuse them in later runs of the same images and models "
-               "(a copy made by another model or for other pixels is recomputed, never used)")
-
 class EmbeddingKey:
     """What an embedding depends on; two equal keys give bitwise equal embeddings.
 

@@ -30,6 +30,8 @@ STRATEGIES = ("object-aware", "grid")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_IMGSZ = 4096  # detector input side; memory grows with its square
 MAX_DETECTIONS = 300  # boxes the detector keeps after NMS (Ultralytics' default, as in MobileSAMv2)
+EMBEDDINGS_FOLDER_HELP = ("keep image embeddings in this folder and reuse them in later runs of the same images "
+                          "and models (one written by another model or for other pixels is recomputed, never used)")
 LARGE_IMAGE_TILE = 1024  # tile side used when an image too large for one pass is tiled without a chosen `tile`
 BORDER_SNAP = 20.0  # box sides this close (network pixels) to the image border are snapped onto it, as officially
 

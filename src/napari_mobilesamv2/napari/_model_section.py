@@ -15,10 +15,9 @@ from pathlib import Path
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 
-from ..embedding_cache import FOLDER_HELP as EMBEDDINGS_FOLDER_HELP
 from ..models import config, download
 from ..models.registry import default_weight_set
-from ..options import DEVICES, ModelOptions, options_of
+from ..options import DEVICES, EMBEDDINGS_FOLDER_HELP, ModelOptions, options_of
 from ..steps import Progress
 from . import api
 from ._models import set_weights_files

@@ -544,3 +544,52 @@ def test_mask_filter_grids_are_valid_settings():
         assert grid[0] is None and list(grid[1:]) == sorted(set(grid[1:]))
     for a, b, c in zip(PREDICTED_IOU_GRID, STABILITY_GRID, AREA_GRID):
         EverythingOptions(min_predicted_iou=a, min_stability=b, min_area=c)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from napari_mobilesamv2.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_train_detector_command_tunes_and_stores_the_mask_filters(tmp_path, sam_decoder, monkeypatch):
+    from napari_mobilesamv2 import MobileSAMv2
+
+    from .conftest import write_weight_files
+
+    monkeypatch.setenv("NAPARI_MOBILESAMV2_CACHE", str(tmp_path / "cache"))
+    images, labels = write_pairs(tmp_path, range(5))
+    encoder, decoder = write_weight_files(tmp_path, sam_decoder, seed=20)
+    out = tmp_path / "tuned.pt"
+    train = ["train-detector", "--images", str(images), "--labels", str(labels), "--detector-weights",
+             str(DETECTOR_FIXTURE), "--trust-weights", "--epochs", "1", "--imgsz", "128", "--batch", "4",
+             "--device", "cpu", "--no-download"]
+    code, stdout, err = run_cli([*train, "--out", str(out), "--encoder", "tiny_vit", "--encoder-weights",
+                                 str(encoder), "--decoder-weights", str(decoder)])
+    assert code == 0, err
+    stored = read_detector_state(out)
+    filters = stored["card"]["metrics"]["mask_filters"]
+    settings = {name: filters[name] for name in ("min_predicted_iou", "min_stability", "min_area")}
+    assert {name: stored["inference"][name] for name in settings} == settings
+    assert filters["n_images"] == 1 and filters["after"]["f1"] >= filters["before"]["f1"]
+    assert filters["before"]["n_true"] == 4 and filters["seconds_per_image"] > 0
+    line = next(line for line in stdout.splitlines() if line.startswith("chosen mask filters: "))
+    assert f"held-out instance F1 {filters['after']['f1']:.3f}" in line
+    described = ", ".join(f"{n} {'off' if v is None else f'{v:g}'}" for n, v in settings.items())
+    assert described in line
+    assert f"time per image, detecting and segmenting everything: {filters['seconds_per_image']:.3f} s on cpu" \
+        in stdout
+    flags = " ".join(f"--{n.replace('_', '-')} {v:g}" for n, v in settings.items() if v is not None)
+    assert f"--iou {stored['inference']['iou']:g}{' ' + flags if flags else ''} --labels OUT.tif" in stdout
+    # the pipeline reads the filters that are on back from the file
+    model = MobileSAMv2.from_pretrained("tiny_vit", encoder_weights=encoder, decoder_weights=decoder,
+                                        detector_weights=out, device="cpu", download=False)
+    assert model.detector_settings == {"imgsz": 128, "conf": stored["inference"]["conf"],
+                                       "iou": stored["inference"]["iou"],
+                                       **{n: v for n, v in settings.items() if v is not None}}

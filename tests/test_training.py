@@ -593,3 +593,20 @@ def test_train_detector_command_tunes_and_stores_the_mask_filters(tmp_path, sam_
     assert model.detector_settings == {"imgsz": 128, "conf": stored["inference"]["conf"],
                                        "iou": stored["inference"]["iou"],
                                        **{n: v for n, v in settings.items() if v is not None}}
+
+
+def test_segment_everything_hint_names_the_stored_mask_filters(capsys):
+    from types import SimpleNamespace
+
+    from napari_mobilesamv2.cli import _hint_detector_settings
+    from napari_mobilesamv2.options import EverythingOptions
+
+    model = SimpleNamespace(detector_settings={"imgsz": 128, "conf": 0.3, "iou": 0.5, "min_stability": 0.9,
+                                               "min_area": 50})
+    _hint_detector_settings(model, EverythingOptions(imgsz=128, conf=0.3, iou=0.5, min_area=20), "d.pt")
+    assert capsys.readouterr().err == (
+        "hint: d.pt was tuned for --imgsz 128 --conf 0.3 --iou 0.5 --min-stability 0.9 --min-area 50; this run uses "
+        "--imgsz 128 --conf 0.3 --iou 0.5 no --min-stability --min-area 20 (pass the flags to use its settings)\n")
+    _hint_detector_settings(model, EverythingOptions(imgsz=128, conf=0.3, iou=0.5, min_stability=0.9, min_area=50),
+                            "d.pt")
+    assert capsys.readouterr().err == ""

@@ -456,9 +456,8 @@ def _hint_detector_settings(model, options: EverythingOptions, path: Path | None
     differ = {name: value for name, value in stored.items() if getattr(options, name) != value}
     if differ:
         tuned = _setting_flags(stored)
-        in_use = {name: getattr(options, name) for name in stored}
-        used = " ".join([_setting_flags(in_use)] + [f"no --{name.replace('_', '-')}"
-                                                     for name, value in in_use.items() if value is None]).strip()
+        used = " ".join(_setting_flags({name: getattr(options, name)}) or f"no --{name.replace('_', '-')}"
+                        for name in stored)
         print(f"hint: {path} was tuned for {tuned}; this run uses {used} (pass the flags to use its settings)",
               file=sys.stderr)
 

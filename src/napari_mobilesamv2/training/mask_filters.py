@@ -188,8 +188,9 @@ def tune_mask_filters(
     Segment everything runs once per image with the detector thresholds `conf` and `iou` and no
     filter; its masks are matched to the true objects (mask IoU >= 0.5, one-to-one) and every
     combination of the grids is scored from those pairs. Ties go to the loosest filters: the
-    combination with the fewest filters on, then the lowest ``min_predicted_iou``, then the lowest
-    ``min_stability``, then the lowest ``min_area``. So no filter is chosen unless one raises F1.
+    combination with the fewest filters on, then the lowest ``min_predicted_iou`` (off is the
+    lowest), then the lowest ``min_stability``, then the lowest ``min_area``. So no filter is
+    switched on unless it raises F1.
 
     Parameters
     ----------

@@ -207,6 +207,9 @@ def test_train_detector_writes_a_loadable_file_its_card_and_reports(trained_cli)
     assert f"best epoch: {card['training']['best_epoch']} of 2" in out
     assert f"chosen thresholds: --conf {inference['conf']:g} --iou {inference['iou']:g}" in out
     assert "time per image: " in out and "at --imgsz 128 on cpu" in out
+    assert ("mask filters not tuned: the efficientvit_l2 image encoder or the mask decoder weights are not here; "
+            "give --encoder-weights FILE --decoder-weights FILE") in out
+    assert "min_area" not in inference
     assert f"wrote {path} and its model card {path.with_suffix('.json')}" in out
 
 

@@ -90,6 +90,12 @@ def test_write_yolo_dataset_writes_images_labels_and_yaml(tmp_path):
         assert text == yolo_lines(annotated.boxes, (128, 128))
         values = np.array([line.split() for line in text], float)
         assert (values[:, 0] == 0).all() and (values[:, 1:] > 0).all() and (values[:, 1:] <= 1).all()
+        if annotated in dataset.val:  # held-out images keep their label image, to tune the mask filters on
+            np.testing.assert_array_equal(annotated.read_labels(), label)
+        else:
+            assert annotated.labels_path is None
+            with pytest.raises(InputError, match="only held-out images"):
+                annotated.read_labels()
     yaml = dataset.data_yaml.read_text()
     assert "train: images/train" in yaml and "val: images/val" in yaml and "nc: 1" in yaml
     assert dataset.data_dict()["names"] == {0: "object"}
@@ -420,3 +426,187 @@ def test_should_cancel_during_a_batch_writes_nothing(tmp_path):
         train_detector(images, labels, out, start=DETECTOR_FIXTURE, trust_weights=True, epochs=5, imgsz=128,
                        batch=2, device="cpu", workdir=tmp_path / "work", should_cancel=cancel_in_the_first_batch)
     assert len(polls) == 4 and list(out.parent.iterdir()) == [] and list((tmp_path / "work").iterdir()) == []
+
+
+# --- mask filters ------------------------------------------------------------------------------------
+
+
+class FixedMasks:
+    """A stand-in pipeline: segment_everything returns hand-made masks for each image, in call order."""
+
+    def __init__(self, per_image):
+        self.per_image = list(per_image)
+        self.calls = []
+
+    def segment_everything(self, image, **settings):
+        from types import SimpleNamespace
+
+        self.calls.append(settings)
+        masks = self.per_image[len(self.calls) - 1]
+        return SimpleNamespace(crops=[crop for crop, _, _ in masks],
+                               predicted_iou=np.array([p for _, p, _ in masks], np.float32),
+                               stability=np.array([s for _, _, s in masks], np.float32))
+
+
+def square(top: int, left: int, height: int, width: int | None = None):
+    from napari_mobilesamv2.decode.masks import MaskCrop
+
+    return MaskCrop(top, left, np.ones((height, width or height), bool))
+
+
+def hand_made_filter_case():
+    """Two images: 6 true objects; without filters 9 masks, 5 of them matched.
+
+    Image 1 (ids 1-4, 8x8 squares): the 4 exact masks (predicted IoU 0.9, stability 0.96), a mask on
+    the background with stability 0.55, a duplicate of object 1 with stability 0.6, and a 2x2 speck
+    of stability 0.97 and predicted IoU 0.95. Image 2 (ids 5 and 7): half of object 5 (IoU 0.5,
+    matched, 32 px) and 24 px of object 7 (IoU 0.375: a false positive; object 7 is missed).
+    """
+    first = np.zeros((40, 40), np.uint16)
+    for k, (top, left) in enumerate(((2, 2), (2, 20), (20, 2), (20, 20)), start=1):
+        first[top:top + 8, left:left + 8] = k
+    masks_1 = [(square(t, l, 8), 0.9, 0.96) for t, l in ((2, 2), (2, 20), (20, 2), (20, 20))]
+    masks_1 += [(square(30, 30, 8), 0.9, 0.55), (square(2, 2, 8), 0.9, 0.6), (square(12, 12, 2), 0.95, 0.97)]
+    second = np.zeros((30, 30), np.uint16)
+    second[1:9, 1:9], second[15:23, 15:23] = 5, 7
+    masks_2 = [(square(1, 1, 4, 8), 0.9, 0.96), (square(15, 15, 3, 8), 0.9, 0.96)]
+    rgb = [np.zeros(labels.shape + (3,), np.uint8) for labels in (first, second)]
+    return list(zip(rgb, (first, second))), FixedMasks([masks_1, masks_2])
+
+
+def test_match_masks_pairs_each_mask_with_its_object_at_mask_iou_half():
+    from napari_mobilesamv2.training import match_masks
+
+    images, pipeline = hand_made_filter_case()
+    (_, first), (_, second) = images
+    crops_1 = [crop for crop, _, _ in pipeline.per_image[0]]
+    crops_2 = [crop for crop, _, _ in pipeline.per_image[1]]
+    np.testing.assert_array_equal(match_masks(crops_1, first), [0, 1, 2, 3, -1, 0, -1])
+    np.testing.assert_array_equal(match_masks(crops_2, second), [0, -1])  # IoU 0.5 counts, 0.375 does not
+    assert match_masks([], second).dtype == np.int64
+    with pytest.raises(InputError, match="2D integer"):
+        match_masks(crops_2, second.astype(float))
+
+
+def test_tune_mask_filters_picks_the_known_filters_and_the_loosest_of_ties():
+    from napari_mobilesamv2.training import tune_mask_filters
+
+    images, pipeline = hand_made_filter_case()
+    choice = tune_mask_filters(pipeline, images, conf=0.3, iou=0.7, imgsz=128)
+    # the stability filter must drop 0.55 and 0.6 (0.7 is the lowest grid value that does), the area
+    # filter the 4 px speck: 10 and 20 px give the same F1, the looser 10 is chosen
+    assert (choice.min_predicted_iou, choice.min_stability, choice.min_area) == (None, 0.7, 10)
+    assert choice.before.as_dict() == {"precision": 5 / 9, "recall": 5 / 6, "f1": 10 / 15, "n_true": 6,
+                                       "n_predicted": 9, "n_matched": 5}
+    assert (choice.after.n_predicted, choice.after.n_matched, choice.after.f1) == (6, 5, pytest.approx(10 / 12))
+    assert choice.after.f1 == max(f1 for *_, f1 in choice.grid) and len(choice.grid) == 12 * 10 * 10
+    assert choice.n_images == 2 and choice.seconds_per_image >= 0 and (choice.conf, choice.iou) == (0.3, 0.7)
+    assert pipeline.calls == [{"conf": 0.3, "iou": 0.7, "imgsz": 128}] * 2  # segmented once, without filters
+    assert choice.settings() == {"min_predicted_iou": None, "min_stability": 0.7, "min_area": 10}
+    assert choice.describe() == "min_predicted_iou off, min_stability 0.7, min_area 10"
+    assert json.loads(json.dumps(choice.as_dict()))["after"]["n_predicted"] == 6
+
+
+def test_tune_mask_filters_keeps_every_filter_off_unless_one_raises_f1():
+    from napari_mobilesamv2.training import tune_mask_filters
+
+    labels = np.zeros((20, 20), np.uint16)
+    labels[2:10, 2:10] = 1
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    only_true = FixedMasks([[(square(2, 2, 8), 0.5, 0.5)]])
+    choice = tune_mask_filters(only_true, [(rgb, labels)])
+    assert choice.settings() == {"min_predicted_iou": None, "min_stability": None, "min_area": None}
+    assert choice.before.f1 == choice.after.f1 == 1.0
+    # a false positive that either of two filters drops: the tie goes to leaving min_predicted_iou off
+    both = FixedMasks([[(square(2, 2, 8), 0.9, 0.9), (square(12, 12, 8), 0.55, 0.55)]])
+    choice = tune_mask_filters(both, [(rgb, labels)], predicted_ious=(0.6,), stabilities=(0.6,), areas=())
+    assert choice.settings() == {"min_predicted_iou": None, "min_stability": 0.6, "min_area": None}
+    assert len(choice.grid) == 2 * 2 * 1
+
+
+def test_tune_mask_filters_refuses_images_without_objects_or_of_another_size():
+    from napari_mobilesamv2.training import tune_mask_filters
+
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(InputError, match="no objects"):
+        tune_mask_filters(FixedMasks([[]]), [(rgb, np.zeros((20, 20), np.uint8))])
+    with pytest.raises(InputError, match="no annotated images"):
+        tune_mask_filters(FixedMasks([]), [])
+    with pytest.raises(InputError, match="must match its image"):
+        tune_mask_filters(FixedMasks([[]]), [(rgb, np.ones((10, 20), np.uint8))])
+
+
+def test_mask_filter_grids_are_valid_settings():
+    from napari_mobilesamv2.options import EverythingOptions
+    from napari_mobilesamv2.training import AREA_GRID, PREDICTED_IOU_GRID, STABILITY_GRID
+
+    for grid in (PREDICTED_IOU_GRID, STABILITY_GRID, AREA_GRID):
+        assert grid[0] is None and list(grid[1:]) == sorted(set(grid[1:]))
+    for a, b, c in zip(PREDICTED_IOU_GRID, STABILITY_GRID, AREA_GRID):
+        EverythingOptions(min_predicted_iou=a, min_stability=b, min_area=c)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from napari_mobilesamv2.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_train_detector_command_tunes_and_stores_the_mask_filters(tmp_path, sam_decoder, monkeypatch):
+    from napari_mobilesamv2 import MobileSAMv2
+
+    from .conftest import write_weight_files
+
+    monkeypatch.setenv("NAPARI_MOBILESAMV2_CACHE", str(tmp_path / "cache"))
+    images, labels = write_pairs(tmp_path, range(5))
+    encoder, decoder = write_weight_files(tmp_path, sam_decoder, seed=20)
+    out = tmp_path / "tuned.pt"
+    train = ["train-detector", "--images", str(images), "--labels", str(labels), "--detector-weights",
+             str(DETECTOR_FIXTURE), "--trust-weights", "--epochs", "1", "--imgsz", "128", "--batch", "4",
+             "--device", "cpu", "--no-download"]
+    code, stdout, err = run_cli([*train, "--out", str(out), "--encoder", "tiny_vit", "--encoder-weights",
+                                 str(encoder), "--decoder-weights", str(decoder)])
+    assert code == 0, err
+    stored = read_detector_state(out)
+    filters = stored["card"]["metrics"]["mask_filters"]
+    settings = {name: filters[name] for name in ("min_predicted_iou", "min_stability", "min_area")}
+    assert {name: stored["inference"][name] for name in settings} == settings
+    assert filters["n_images"] == 1 and filters["after"]["f1"] >= filters["before"]["f1"]
+    assert filters["before"]["n_true"] == 4 and filters["seconds_per_image"] > 0
+    line = next(line for line in stdout.splitlines() if line.startswith("chosen mask filters: "))
+    assert f"held-out instance F1 {filters['after']['f1']:.3f}" in line
+    described = ", ".join(f"{n} {'off' if v is None else f'{v:g}'}" for n, v in settings.items())
+    assert described in line
+    assert f"time per image, detecting and segmenting everything: {filters['seconds_per_image']:.3f} s on cpu" \
+        in stdout
+    flags = " ".join(f"--{n.replace('_', '-')} {v:g}" for n, v in settings.items() if v is not None)
+    assert f"--iou {stored['inference']['iou']:g}{' ' + flags if flags else ''} --labels OUT.tif" in stdout
+    # the pipeline reads the filters that are on back from the file
+    model = MobileSAMv2.from_pretrained("tiny_vit", encoder_weights=encoder, decoder_weights=decoder,
+                                        detector_weights=out, device="cpu", download=False)
+    assert model.detector_settings == {"imgsz": 128, "conf": stored["inference"]["conf"],
+                                       "iou": stored["inference"]["iou"],
+                                       **{n: v for n, v in settings.items() if v is not None}}
+
+
+def test_segment_everything_hint_names_the_stored_mask_filters(capsys):
+    from types import SimpleNamespace
+
+    from napari_mobilesamv2.cli import _hint_detector_settings
+    from napari_mobilesamv2.options import EverythingOptions
+
+    model = SimpleNamespace(detector_settings={"imgsz": 128, "conf": 0.3, "iou": 0.5, "min_stability": 0.9,
+                                               "min_area": 50})
+    _hint_detector_settings(model, EverythingOptions(imgsz=128, conf=0.3, iou=0.5, min_area=20), "d.pt")
+    assert capsys.readouterr().err == (
+        "hint: d.pt was tuned for --imgsz 128 --conf 0.3 --iou 0.5 --min-stability 0.9 --min-area 50; this run uses "
+        "--imgsz 128 --conf 0.3 --iou 0.5 no --min-stability --min-area 20 (pass the flags to use its settings)\n")
+    _hint_detector_settings(model, EverythingOptions(imgsz=128, conf=0.3, iou=0.5, min_stability=0.9, min_area=50),
+                            "d.pt")
+    assert capsys.readouterr().err == ""

@@ -315,6 +315,15 @@ def _add_train_command(commands) -> None:
         if info.name == "trust_weights":
             _add_option(start, info)
     start.add_argument("--no-download", action="store_true", help="never download the default starting detector")
+    filters = train.add_argument_group(
+        "mask filters", "with the image encoder and mask decoder at hand (given here or already downloaded), the "
+        "--min-* mask filters with the best held-out instance F1 are chosen too and stored in the detector file")
+    for info in options_of(ModelOptions):
+        if info.name == "encoder":
+            _add_option(filters, info)
+    filters.add_argument("--encoder-weights", type=Path, metavar="FILE", help="image encoder file you already have")
+    filters.add_argument("--decoder-weights", type=Path, metavar="FILE",
+                         help="prompt-guided mask decoder file you already have (Prompt_guided_Mask_Decoder.pt)")
     train.set_defaults(run=run_train_detector)
 
 
@@ -482,8 +491,9 @@ def _hint_detector_settings(model, options: EverythingOptions, path: Path | None
         return
     differ = {name: value for name, value in stored.items() if getattr(options, name) != value}
     if differ:
-        tuned = " ".join(f"--{name} {value:g}" for name, value in stored.items())
-        used = " ".join(f"--{name} {getattr(options, name):g}" for name in stored)
+        tuned = _setting_flags(stored)
+        used = " ".join(_setting_flags({name: getattr(options, name)}) or f"no --{name.replace('_', '-')}"
+                        for name in stored)
         print(f"hint: {path} was tuned for {tuned}; this run uses {used} (pass the flags to use its settings)",
               file=sys.stderr)
 
@@ -963,6 +973,7 @@ def run_train_detector(args: argparse.Namespace) -> int:
     from .training import train_detector
 
     image = options_from_args(ImageOptions, args)
+    mask_pipeline, not_tuned = _mask_pipeline(args)
     stop = _StopOnInterrupt()
     with stop:
         report = train_detector(
@@ -971,9 +982,32 @@ def run_train_detector(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction, seed=args.seed, normalization=image.normalization,
             channel_axis=image.channel_axis, on_epoch=_print_epoch, should_stop=stop,
             allow_download=not args.no_download, workdir=args.workdir, verbose=args.verbose,
+            mask_pipeline=mask_pipeline,
         )
-    _print_training_report(report, stop.requested)
+    _print_training_report(report, stop.requested, not_tuned)
     return 0
+
+
+def _mask_pipeline(args: argparse.Namespace):
+    """(pipeline to tune the mask filters with, None) or (None, why they are not tuned); never downloads."""
+    from .errors import WeightsUnavailableError
+    from .pipeline import MobileSAMv2
+
+    encoder = options_from_args(ModelOptions, args).encoder
+    try:
+        pipeline = MobileSAMv2.from_pretrained(encoder, encoder_weights=args.encoder_weights,
+                                               decoder_weights=args.decoder_weights, device=args.device,
+                                               download=False, load_detector=False)
+    except WeightsUnavailableError:
+        return None, (f"mask filters not tuned: the {encoder} image encoder or the mask decoder weights are not "
+                      "here; give --encoder-weights FILE --decoder-weights FILE (or run 'napari-mobilesamv2 models "
+                      "download' first) to have the --min-* filters chosen too")
+    return pipeline, None
+
+
+def _setting_flags(settings: dict) -> str:
+    """Flags of the settings that have a value, e.g. ``--conf 0.3 --min-area 50`` (``None``: left out)."""
+    return " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in settings.items() if value is not None)
 
 
 class _StopOnInterrupt:
@@ -1019,7 +1053,7 @@ def _print_epoch(epoch: int, metrics: dict) -> None:
           f"recall {metrics['recall']:.3f}  mAP50 {metrics['map50']:.3f}  ({metrics['seconds']:.0f} s)", flush=True)
 
 
-def _print_training_report(report, interrupted: bool) -> None:
+def _print_training_report(report, interrupted: bool, not_tuned: str | None = None) -> None:
     if report.stopped_early:
         reason = "by Ctrl+C" if interrupted else "early"
         print(f"stopped {reason} after {report.epochs_run} epoch(s)")
@@ -1032,9 +1066,21 @@ def _print_training_report(report, interrupted: bool) -> None:
           f"before fine-tuning: F1 {report.before.f1:.3f} at --conf 0.4 --iou 0.9)")
     print(f"time per image: {thresholds.scores.seconds_per_image:.3f} s at --imgsz {report.imgsz} "
           f"on {report.card['inference']['device']}")
+    filters = report.mask_filters
+    flags = ""
+    if filters is None:
+        print(not_tuned or "mask filters not tuned")
+    else:
+        flags = _setting_flags(filters.settings())
+        after, before = filters.after, filters.before
+        print(f"chosen mask filters: {flags or 'none'} ({filters.describe()}; held-out instance F1 {after.f1:.3f}, "
+              f"precision {after.precision:.3f}, recall {after.recall:.3f}; without filters: F1 {before.f1:.3f})")
+        print(f"time per image, detecting and segmenting everything: {filters.seconds_per_image:.3f} s "
+              f"on {report.card['inference']['device']}")
     print(f"wrote {report.path} and its model card {report.card_path} ({report.seconds:.0f} s)")
     print(f"use it: napari-mobilesamv2 segment-everything IMAGE --detector-weights {report.path} "
-          f"--imgsz {report.imgsz} --conf {thresholds.conf:g} --iou {thresholds.iou:g} --labels OUT.tif")
+          f"--imgsz {report.imgsz} --conf {thresholds.conf:g} --iou {thresholds.iou:g}{' ' + flags if flags else ''} "
+          "--labels OUT.tif")
 
 
 if __name__ == "__main__":  # pragma: no cover

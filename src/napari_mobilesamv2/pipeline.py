@@ -97,8 +97,8 @@ class MobileSAMv2:
         self.prompt_encoder = prompt_encoder.to(self.device).eval()
         self.mask_decoder = mask_decoder.to(self.device).eval()
         self.detector = detector.to(self.device).eval() if detector is not None else None
-        #: Inference settings (``imgsz``, ``conf``, ``iou``) stored in a fine-tuned detector file; empty
-        #: otherwise. Informational: they are not applied to any call.
+        #: Inference settings (``imgsz``, ``conf``, ``iou`` and the ``min_*`` mask filters that are on)
+        #: stored in a fine-tuned detector file; empty otherwise. Informational: they are not applied.
         self.detector_settings: dict = {}
 
     @classmethod
@@ -444,6 +444,6 @@ def _load_detector_file(path: str | os.PathLike, *, trust_weights: bool, cached:
     if cached or not is_detector_state(path):
         return weights.load_checked_detector(path, trust_weights=trust_weights, cached=cached), {}
     stored = read_detector_state(path).get("inference") or {}
-    settings = {key: stored[key] for key in ("imgsz", "conf", "iou")
+    settings = {key: stored[key] for key in ("imgsz", "conf", "iou", "min_predicted_iou", "min_stability", "min_area")
                 if type(stored.get(key)) in (int, float)}
     return load_detector_state(path), settings

@@ -10,6 +10,7 @@ from conftest import open_dock
 from napari.utils.notifications import notification_manager
 
 from napari_mobilesamv2.evaluation import DEFAULT_IOU_THRESHOLDS, match_labels
+from napari_mobilesamv2.imaging import to_rgb_uint8
 from napari_mobilesamv2.napari import _evaluate_widgets
 from napari_mobilesamv2.napari._evaluate_widgets import (
     EvaluateWidget,
@@ -27,6 +28,7 @@ from napari_mobilesamv2.training import (
     TRAINING_HELP,
     is_detector_state,
     load_detector_state,
+    tune_mask_filters,
 )
 
 SCREEN = (1366, 768)
@@ -218,7 +220,7 @@ def test_the_training_dock_shows_the_core_defaults_and_pairs_layers_by_shape(tra
 
 
 def test_training_writes_a_pickle_free_detector_and_tunes_thresholds(train_dock, qtbot, tmp_path,
-                                                                     single_torch_thread):
+                                                                     single_torch_thread, tiny_factory):
     viewer, widget = train_dock
     widget.pair_layers()
     widget.epochs.value = 2
@@ -253,6 +255,14 @@ def test_training_writes_a_pickle_free_detector_and_tunes_thresholds(train_dock,
     assert widget.last_error is None, widget.last_error
     assert widget.tuning.value.startswith("Best on 3 annotated plane(s): conf ")
     assert "s per image at imgsz 128 on cpu" in widget.tuning.value
+    # then the mask filters, at the chosen thresholds, with the widgets' pipeline and the trained detector
+    conf, iou = (float(widget.status_text.split(word)[1].split()[0].strip(";,")) for word in (" conf ", "NMS IoU "))
+    planes = [(to_rgb_uint8(viewer.layers[f"image {s}"].data), viewer.layers[f"labels {s}"].data) for s in range(3)]
+    expected = tune_mask_filters(tiny_factory, planes, conf=conf, iou=iou, imgsz=128,
+                                 detector=load_detector_state(out))
+    assert f" Mask filters: {expected.describe()}: instance F1 {expected.after.f1:.3f} " in widget.tuning.value
+    assert "s per image to detect and segment everything." in widget.tuning.value
+    assert widget.status_text.endswith(f"; {expected.describe()}")
 
 
 def test_cancel_writes_no_file(train_dock, qtbot, tmp_path, single_torch_thread):

@@ -3,7 +3,8 @@
 Both only gather layers and settings; the work is done by the core
 (:func:`napari_mobilesamv2.evaluation.match_labels`,
 :func:`napari_mobilesamv2.training.train_detector`,
-:func:`napari_mobilesamv2.training.tune_thresholds`) in a napari thread worker, and
+:func:`napari_mobilesamv2.training.tune_thresholds`,
+:func:`napari_mobilesamv2.training.tune_mask_filters`) in a napari thread worker, and
 the results are shown (and marker layers written) back on the main thread.
 
 A detector trained here becomes the *latest detector*: :func:`latest_detector`
@@ -69,8 +70,10 @@ from ..training import (
     load_detector_state,
     read_detector_state,
     train_detector,
+    tune_mask_filters,
     tune_thresholds,
 )
+from ._models import get_pipeline
 from ._options_form import option_widget
 
 log = logging.getLogger(__name__)
@@ -635,9 +638,11 @@ class TrainDetectorWidget(_TaskDock):
         self.tune_button = PushButton(
             text="Run threshold tuning",
             tooltip="choose the detector confidence and NMS IoU thresholds with the best box F1 on the pairs above, "
+                    "then the mask filters (min predicted IoU, min stability, min area) with the best instance F1, "
                     "for the detector just trained (or the output file)",
         )
-        self.tuning = _wrapped_label(tooltip="the chosen thresholds and the detector's time per image")
+        self.encoder = option_widget(option_info(ModelOptions, "encoder"))
+        self.tuning = _wrapped_label(tooltip="the chosen thresholds and mask filters, and the time per image")
         self.report: TrainingReport | None = None
         self._cancel, self._stop = threading.Event(), threading.Event()
         self._bar = None
@@ -645,7 +650,7 @@ class TrainDetectorWidget(_TaskDock):
             self.pairs_title, self.pairs, self.add_pair_button, self.pair_button,
             _form(self.normalization, self.epochs, self.imgsz, self.batch, self.val_fraction, self.device, self.start),
             self.trust_weights, _form(self.out), self.run_button, self.stop_button, self.cancel_button, self.status,
-            self.summary, self.tune_button, self.tuning,
+            self.summary, _form(self.encoder), self.tune_button, self.tuning,
         ])
         self.add_pair_button.changed.connect(lambda: self.add_pair())
         self.pair_button.changed.connect(self.pair_layers)
@@ -785,7 +790,7 @@ class TrainDetectorWidget(_TaskDock):
     # threshold tuning
 
     def tune(self) -> None:
-        """Choose the detector thresholds with the best box F1 on the pairs (in a worker)."""
+        """Choose the detector thresholds (best box F1), then the mask filters (best instance F1), in a worker."""
         try:
             detector = self._detector_to_tune()
             data = training_data(self.layer_pairs())
@@ -794,7 +799,7 @@ class TrainDetectorWidget(_TaskDock):
             return
         self.tuning.value = ""
         self.launch(_tune, detector, data, str(self.normalization.value), int(self.imgsz.value),
-                    str(self.device.value), done=self._tuned,
+                    str(self.device.value), str(self.encoder.value), done=self._tuned, on_message=self._show_epoch,
                     description=f"tuning the thresholds of {detector.name} on {len(data.labels)} annotated plane(s)")
 
     def _detector_to_tune(self) -> Path:
@@ -805,10 +810,11 @@ class TrainDetectorWidget(_TaskDock):
             return Path(out)
         raise InputError("train a detector first, or choose a detector written by training as the output file")
 
-    def _tuned(self, found: tuple[Any, str, int, int]) -> None:
-        choice, device, imgsz, n = found
-        self.tuning.value = tuning_summary(choice, device, imgsz, n)
-        self._set_status(f"done: thresholds conf {choice.conf:g}, NMS IoU {choice.iou:g}")
+    def _tuned(self, found: TuningResult) -> None:
+        self.tuning.value = _breakable(tuning_summary(found.thresholds, found.device, found.imgsz, found.n_planes,
+                                                      found.mask_filters, found.not_tuned))
+        filters = f"; {found.mask_filters.describe()}" if found.mask_filters is not None else ""
+        self._set_status(f"done: thresholds conf {found.thresholds.conf:g}, NMS IoU {found.thresholds.iou:g}{filters}")
 
 
 def _train(run: _TrainingRun, cancelled: Callable[[], bool], stopped: Callable[[], bool],
@@ -823,15 +829,40 @@ def _train(run: _TrainingRun, cancelled: Callable[[], bool], stopped: Callable[[
     )
 
 
-def _tune(path: Path, data: TrainingData, normalization: str, imgsz: int, device: str, send: Callable):
-    """The threshold-tuning task (worker thread): the choice, the device, the size and the plane count."""
+@dataclass
+class TuningResult:
+    """What "Run threshold tuning" found (``mask_filters`` is None when the models were not at hand)."""
+
+    thresholds: Any
+    mask_filters: Any
+    not_tuned: str | None
+    device: str
+    imgsz: int
+    n_planes: int
+
+
+def _tune(path: Path, data: TrainingData, normalization: str, imgsz: int, device: str, encoder: str,
+          send: Callable) -> TuningResult:
+    """The tuning task (worker thread): thresholds, then mask filters at them with the pipeline of `encoder`."""
     torch_device = resolve_device(device)
     imgsz = int(read_detector_state(path).get("inference", {}).get("imgsz", imgsz))
     detector = load_detector_state(path).to(torch_device)
-    annotated = [(to_rgb_uint8(image, normalization=normalization), boxes_from_labels(labels))
-                 for image, labels in zip(data.images, data.labels)]
-    choice = tune_thresholds(detector, annotated, imgsz=imgsz, device=torch_device)
-    return choice, str(torch_device), imgsz, len(annotated)
+    rgb = [to_rgb_uint8(image, normalization=normalization) for image in data.images]
+    send(("stage", "tuning the detector thresholds"))
+    choice = tune_thresholds(detector, [(image, boxes_from_labels(labels)) for image, labels in zip(rgb, data.labels)],
+                             imgsz=imgsz, device=torch_device)
+    filters, not_tuned = None, None
+    try:
+        pipeline = get_pipeline(encoder, device)
+    except MobileSAMv2Error as error:  # e.g. no network for the first download: the thresholds still count
+        not_tuned = f"Mask filters not tuned: the {encoder} pipeline cannot be built: {error}"
+    else:
+        filters = tune_mask_filters(
+            pipeline, list(zip(rgb, data.labels)), conf=choice.conf, iou=choice.iou, imgsz=imgsz, detector=detector,
+            device=torch_device,
+            before_image=lambda i: send(("stage", f"tuning the mask filters: segmenting plane {i + 1} of {len(rgb)}")),
+        )
+    return TuningResult(choice, filters, not_tuned, str(torch_device), imgsz, len(rgb))
 
 
 def training_summary(report: TrainingReport) -> str:
@@ -851,11 +882,22 @@ def training_summary(report: TrainingReport) -> str:
     )
 
 
-def tuning_summary(choice, device: str, imgsz: int, n_planes: int) -> str:
-    """The thresholds :func:`~napari_mobilesamv2.training.tune_thresholds` chose, in one line."""
+def tuning_summary(choice, device: str, imgsz: int, n_planes: int, filters=None, not_tuned: str | None = None) -> str:
+    """The thresholds :func:`~napari_mobilesamv2.training.tune_thresholds` chose, then the mask filters
+    :func:`~napari_mobilesamv2.training.tune_mask_filters` chose (or why they were not tuned)."""
     s = choice.scores
-    return (
+    text = (
         f"Best on {n_planes} annotated plane(s): conf {choice.conf:g}, NMS IoU {choice.iou:g}: box F1 {s.f1:.3f} "
         f"(precision {s.precision:.3f}, recall {s.recall:.3f}; {s.n_matched} of {s.n_true} objects found). "
         f"{s.seconds_per_image:.3f} s per image at imgsz {imgsz} on {device}."
     )
+    if filters is not None:
+        a = filters.after
+        text += (
+            f" Mask filters: {filters.describe()}: instance F1 {a.f1:.3f} (precision {a.precision:.3f}, recall "
+            f"{a.recall:.3f}; without filters {filters.before.f1:.3f}). {filters.seconds_per_image:.3f} s per image "
+            "to detect and segment everything."
+        )
+    elif not_tuned:
+        text += f" {not_tuned}"
+    return text

@@ -15,6 +15,15 @@ from .dataset import (
     yolo_lines,
 )
 from .evaluation import BoxScores, ThresholdChoice, count_matches, evaluate_detector, tune_thresholds
+from .mask_filters import (
+    AREA_GRID,
+    PREDICTED_IOU_GRID,
+    STABILITY_GRID,
+    MaskFilterChoice,
+    MaskScores,
+    match_masks,
+    tune_mask_filters,
+)
 from .state import (
     FORMAT,
     convert_detector,
@@ -38,6 +47,8 @@ from .trainer import (
 )
 
 __all__ = [
+    "AREA_GRID", "PREDICTED_IOU_GRID", "STABILITY_GRID", "MaskFilterChoice", "MaskScores", "match_masks",
+    "tune_mask_filters",
     "DEFAULT_BATCH", "DEFAULT_EPOCHS", "DEFAULT_IMGSZ", "DEFAULT_VAL_FRACTION", "FORMAT", "IMGSZ_MULTIPLE",
     "MIN_BATCH", "MIN_IMGSZ", "TRAINING_HELP", "AnnotatedImage", "BoxScores", "ThresholdChoice",
     "TrainingCancelled", "TrainingReport", "YoloDataset",

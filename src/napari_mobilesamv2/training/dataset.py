@@ -49,12 +49,16 @@ class AnnotatedImage:
     boxes : numpy.ndarray
         (N, 4) float32 boxes (x0, y0, x1, y1) in pixel-edge coordinates: an object covering
         columns 3..7 has x0 = 3 and x1 = 8.
+    labels_path : pathlib.Path, optional
+        The label image as a ``.npy`` file (written for the held-out images, to tune the mask
+        filters on).
     """
 
     name: str
     path: Path
     shape: tuple[int, int]
     boxes: np.ndarray
+    labels_path: Path | None = None
 
     def read_rgb(self) -> np.ndarray:
         """The (H, W, 3) uint8 RGB image the detector sees."""
@@ -62,6 +66,16 @@ class AnnotatedImage:
         if image is None:
             raise InputError(f"cannot read back the training image {self.path}; was the temporary folder removed?")
         return image
+
+    def read_labels(self) -> np.ndarray:
+        """The (H, W) integer label image of the objects."""
+        if self.labels_path is None:
+            raise InputError(f"the label image of {self.name} was not kept; only held-out images keep theirs")
+        try:
+            return np.load(self.labels_path, allow_pickle=False)
+        except OSError:
+            raise InputError(f"cannot read back the label image {self.labels_path}; was the temporary folder "
+                             "removed?") from None
 
 
 @dataclass
@@ -268,7 +282,7 @@ def write_yolo_dataset(
     folder = Path(folder)
     dataset = YoloDataset(folder, folder / "data.yaml")
     mismatched = []
-    for index, (name, read_rgb, _) in enumerate(sources):
+    for index, (name, read_rgb, read_labels) in enumerate(sources):
         split = "val" if index in held_out else "train"
         rgb = read_rgb()
         label_shape = boxes[index][1]
@@ -278,6 +292,8 @@ def write_yolo_dataset(
             continue
         annotated = AnnotatedImage(name, folder / "images" / split / f"{index:05d}.png", rgb.shape[:2], boxes[index][0])
         _write_pair(annotated, rgb)
+        if split == "val":
+            annotated.labels_path = _write_labels(folder / "instances" / f"{index:05d}.npy", read_labels())
         (dataset.val if split == "val" else dataset.train).append(annotated)
     if mismatched:
         raise InputError(f"{len(mismatched)} label image(s) differ in size from their image: {_listed(mismatched)}; "
@@ -343,6 +359,16 @@ def _write_pair(annotated: AnnotatedImage, rgb: np.ndarray) -> None:
     if not cv2.imwrite(str(annotated.path), rgb):
         raise _write_error(annotated.path)
     _write_text(label_path, "\n".join(yolo_lines(annotated.boxes, annotated.shape)) + "\n")
+
+
+def _write_labels(path: Path, labels: np.ndarray) -> Path:
+    """Keep a held-out label image (outside ``images/`` and ``labels/``, which Ultralytics reads)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.ascontiguousarray(labels), allow_pickle=False)
+    except OSError as error:
+        raise _write_error(path, error) from None
+    return path
 
 
 def _write_text(path: Path, text: str) -> None:

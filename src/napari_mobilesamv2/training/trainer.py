@@ -38,6 +38,7 @@ from ..models.detector import ObjectAwareDetector
 from ..models.registry import DETECTOR_FILE
 from .dataset import Source, YoloDataset, write_yolo_dataset
 from .evaluation import BoxScores, ThresholdChoice, evaluate_detector, tune_thresholds
+from .mask_filters import MaskFilterChoice, tune_mask_filters
 from .state import (
     detector_state,
     is_detector_state,
@@ -120,6 +121,9 @@ class TrainingReport:
         Network input size used for training and to be used for detection.
     seconds : float
         Wall time of the whole call.
+    mask_filters : MaskFilterChoice or None
+        The mask filters chosen on the held-out images at the tuned thresholds (stored in the file),
+        or None when no `mask_pipeline` was given.
     """
 
     path: Path
@@ -137,6 +141,7 @@ class TrainingReport:
     thresholds: ThresholdChoice
     imgsz: int
     seconds: float
+    mask_filters: MaskFilterChoice | None = None
 
 
 @dataclass
@@ -175,6 +180,7 @@ def train_detector(
     allow_download: bool = True,
     workdir: str | os.PathLike | None = None,
     verbose: bool = False,
+    mask_pipeline: object | None = None,
 ) -> TrainingReport:
     """Fine-tune the object-aware detector on images and their label images.
 
@@ -226,6 +232,12 @@ def train_detector(
         folder); removed afterwards.
     verbose : bool
         Show Ultralytics' training log and progress bars.
+    mask_pipeline : MobileSAMv2, optional
+        A pipeline with the image encoder and mask decoder to segment with (its own detector is not
+        used). When given, the mask filters are tuned as well: segment everything runs on the
+        held-out images with the fine-tuned detector at the tuned thresholds, and the
+        ``min_predicted_iou``, ``min_stability`` and ``min_area`` with the best instance F1 are
+        stored in the file (:func:`~napari_mobilesamv2.training.tune_mask_filters`).
 
     Returns
     -------
@@ -274,9 +286,16 @@ def train_detector(
         thresholds = tune_thresholds(final, dataset.val, **evaluate)
         after_default = evaluate_detector(final, dataset.val, conf=DEFAULT_CONF, iou=DEFAULT_IOU, **evaluate)
         inference = {"imgsz": int(imgsz), "conf": thresholds.conf, "iou": thresholds.iou}
+        mask_filters = None
+        if mask_pipeline is not None:
+            cancel.check()
+            mask_filters = tune_mask_filters(mask_pipeline, dataset.val, conf=thresholds.conf, iou=thresholds.iou,
+                                             imgsz=imgsz, detector=final, device=torch_device,
+                                             before_image=lambda _: cancel.check())
+            inference.update(mask_filters.settings())
         card = _card(images, labels, dataset, start_path, start_format, epochs, imgsz, batch, torch_device,
                      val_fraction, seed, normalization, progress, train_seconds, before, before_tuned,
-                     thresholds, after_default, inference, started)
+                     thresholds, after_default, inference, started, mask_filters)
         cancel.check()
         card_path = _write_outputs(model, architecture, inference, card, out)
     finally:
@@ -285,7 +304,7 @@ def train_detector(
         path=out, detector=final, card_path=card_path, card=card, epochs_run=len(progress.history),
         best_epoch=progress.best_epoch, stopped_early=progress.stopped_early, history=progress.history,
         before=before, before_tuned=before_tuned, after=thresholds.scores, after_default=after_default,
-        thresholds=thresholds, imgsz=int(imgsz), seconds=time.perf_counter() - started,
+        thresholds=thresholds, imgsz=int(imgsz), seconds=time.perf_counter() - started, mask_filters=mask_filters,
     )
 
 
@@ -539,7 +558,8 @@ def _write_outputs(model: nn.Module, architecture: dict, inference: dict, card: 
 def _card(images, labels, dataset: YoloDataset, start_path: Path, start_format: str, epochs: int, imgsz: int,
           batch: int, device: torch.device, val_fraction: float, seed: int, normalization: str,
           progress: _Progress, train_seconds: float, before: BoxScores, before_tuned: ThresholdChoice,
-          thresholds: ThresholdChoice, after_default: BoxScores, inference: dict, started: float) -> dict:
+          thresholds: ThresholdChoice, after_default: BoxScores, inference: dict, started: float,
+          mask_filters: MaskFilterChoice | None) -> dict:
     n_train_objects, n_val_objects = dataset.n_objects
 
     def source(value) -> str:
@@ -569,6 +589,8 @@ def _card(images, labels, dataset: YoloDataset, start_path: Path, start_format: 
                        "tuned_thresholds": before_tuned.as_dict()},
             "after": {"default_thresholds": {"conf": DEFAULT_CONF, "iou": DEFAULT_IOU, **after_default.as_dict()},
                       "tuned_thresholds": thresholds.as_dict()},
+            **({"mask_filters": {"evaluated_on": "held-out images, mask IoU >= 0.5, at the tuned thresholds",
+                                 **mask_filters.as_dict()}} if mask_filters is not None else {}),
         },
         "inference": {**inference, "seconds_per_image": thresholds.scores.seconds_per_image, "device": str(device)},
         "seconds": round(time.perf_counter() - started, 2),

@@ -169,7 +169,7 @@ def test_dock_shows_progress_per_tile_and_cancel_changes_no_layer(docked, blob_p
     widget.labels_folder.value = tmp_path
     shown = []
     show = widget._show_progress
-    widget._show_progress = lambda bar, step: (shown.append(step.detail), show(bar, step))
+    widget._show_progress = lambda bar, clock, step: (shown.append(step.detail), show(bar, clock, step))
     widget.run()
     wait_done(widget)
     assert [s for s in shown if s.startswith("tile ")][:2] == ["tile 1 of 25: 1 boxes", "tile 2 of 25: 0 boxes"]

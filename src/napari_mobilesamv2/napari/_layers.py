@@ -318,6 +318,16 @@ def write_pieces_into_layer(layer: Labels, pieces: Sequence[tuple[tuple, np.ndar
     return id_map
 
 
+def set_labels_exactly(layer: Labels, key: tuple, region: np.ndarray, where: np.ndarray) -> None:
+    """Set ``layer.data[key]`` to `region` where `where` is True, ids as given, as one undo step."""
+    changed = np.nonzero(where)
+    values = np.asarray(region)[changed]
+    if values.size and np.issubdtype(layer.data.dtype, np.integer) and values.max() > np.iinfo(layer.data.dtype).max:
+        layer.data = np.asarray(layer.data).astype(np.result_type(layer.data.dtype, values.dtype))
+    if changed[0].size:
+        layer.data_setitem(_full_index(key, changed), values.astype(layer.data.dtype))
+
+
 def merge_into(
     region: np.ndarray, new: np.ndarray, policy: str, layer_max: int | None = None
 ) -> tuple[np.ndarray, dict[int, int]]:

@@ -32,7 +32,7 @@ from .. import review
 from ..errors import InputError, MobileSAMv2Error
 from ..options import ImageOptions
 from . import api
-from ._layers import check_output, image_view, write_into_layer
+from ._layers import check_output, image_view, set_labels_exactly
 from ._widgets import JobWidget
 
 #: key -> action of the review (bound on the viewer and the reviewed layer while a review is on,
@@ -201,17 +201,15 @@ class ReviewWidget(JobWidget):
         self.status.native.setWordWrap(True)
         self.status.tooltip = "what the review did last, or why it could not"
         self.cancel_button.tooltip = "stop a running split; nothing is changed"
-        self.body = Container(scrollable=True, labels=True, widgets=[
+        self.body = Container(labels=True, widgets=[
             self.labels_layer, self.rank_by, self.order, self.only_current, self.start_button, self.current,
             _row(buttons["back"], buttons["next"], buttons["accept"]),
             _row(buttons["reject"], buttons["merge"]),
             _row(buttons["split"], buttons["undo"]),
             *self.sliders.values(), self.filter_summary, _row(buttons["apply"], buttons["reset"]),
-            split_help, self.images, self.model, self.cancel_button, self.status,
+            split_help, self.cancel_button, self.status,
         ])
-        # A scrollable Container appended to another one loses its scroll area (magicgui
-        # inserts the inner widget), so the scroll area goes into the layout directly.
-        self.native.layout().addWidget(self.body.root_native_widget)
+        self.extend([self.body])  # the dock itself scrolls; the shared image/model section is above
 
         self.layer: Labels | None = None
         self.queue = np.zeros(0, np.int64)
@@ -607,7 +605,6 @@ class ReviewWidget(JobWidget):
         region = np.asarray(layer.data[result.key])
         first = int(np.asarray(layer.data).max(initial=0)) + 1
         split, id_map = review.split_object(region, object_id, result.labels, first)
-        new = np.where(split != region, split, 0)
         counts = {int(i): int(n) for i, n in zip(*np.unique(split[split > 0], return_counts=True))}
         remaining = int((np.asarray(layer.data) == object_id).sum()) - sum(counts[j] for j in id_map.values())
         rows = review.as_columns(layer.features)
@@ -631,7 +628,7 @@ class ReviewWidget(JobWidget):
         rows = review.concat_rows(rows, added)
 
         def write():
-            write_into_layer(layer, new, result.key, "overwrite")
+            set_labels_exactly(layer, result.key, split, split != region)
 
         self._change(write, rows, keep=object_id if remaining else int(first))
         if self.split_boxes is not None:

@@ -228,7 +228,8 @@ _LOAD_WARNINGS: dict[ModelSpec, list] = {}
 def _worker_error(address: str, exc: BaseException) -> MobileSAMv2Error:
     hint = ("give every worker the weights: the same cache folder (NAPARI_MOBILESAMV2_CACHE) or files on a shared "
             "path (--encoder-weights, --decoder-weights, --detector-weights)")
-    message = f"the dask worker {address} cannot load the models: {exc}"
+    reason = str(exc).strip().splitlines()[0].rstrip(":") if str(exc).strip() else type(exc).__name__
+    message = f"the dask worker {address} cannot load the models: {reason}"
     if not isinstance(exc, MobileSAMv2Error):
         return InputError(f"{message}; {hint}")
     try:

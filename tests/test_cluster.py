@@ -145,6 +145,30 @@ def test_a_large_image_is_segmented_tile_by_tile_like_one_process(dask_cluster, 
     assert not (tmp_path / "cluster.zarr.run").exists()
 
 
+def test_an_interrupted_client_resumes_a_stack_from_its_record(dask_cluster, recipe, tiny_pipeline, tmp_path):
+    _, client, _ = dask_cluster
+    plane = synthetic_cells((96, 128), n=6, seed=2)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.stack([plane, plane[::-1], plane[:, ::-1]]))
+    expected, found = _outputs(tmp_path / "one", [path]), _outputs(tmp_path / "cluster", [path])
+    count = cli._segment_stack_file(tiny_pipeline, read_image(path), *expected[0], False, FAST, ImageOptions())
+
+    def interrupt(done: int, total: int) -> None:
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cluster.segment_files(client, recipe, [path], found, FAST, stack=True, on_task=interrupt)
+    record = Path(f"{found[0][0]}.run")
+    assert len(list(record.glob("plane-*.npz"))) >= 1 and not found[0][0].exists()
+    tasks = []
+    assert cluster.segment_files(client, recipe, [path], found, FAST, stack=True, resume=True,
+                                 on_task=lambda d, t: tasks.append(t)) == [count]
+    assert tasks[-1] < 3 + 1  # the planes in the record are not segmented again
+    _assert_same_files(expected, found)
+    assert not record.exists()
+
+
 def test_the_command_line_on_a_scheduler_writes_the_labels_of_a_run_without_it(dask_cluster, sam_decoder, tmp_path):
     address, _, _ = dask_cluster
     encoder, decoder = write_weight_files(tmp_path, sam_decoder, seed=20)

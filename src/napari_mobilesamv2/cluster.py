@@ -205,8 +205,10 @@ def load_models(client, spec: ModelSpec) -> dict:
     if not answers:
         raise InputError("the dask cluster has no workers")
     first = next(iter(answers.values()))
-    for category, message in first["warnings"]:
-        warnings.warn(message, category, stacklevel=2)
+    if (client.id, spec) not in _WARNED:  # once per client, not at every call
+        _WARNED.add((client.id, spec))
+        for category, message in first["warnings"]:
+            warnings.warn(message, category, stacklevel=2)
     return first
 
 
@@ -223,6 +225,7 @@ def _load_on_worker(spec: ModelSpec) -> dict:
 
 
 _LOAD_WARNINGS: dict[ModelSpec, list] = {}
+_WARNED: set[tuple[str, ModelSpec]] = set()
 
 
 def _worker_error(address: str, exc: BaseException) -> MobileSAMv2Error:

@@ -188,6 +188,18 @@ def test_the_command_line_on_a_scheduler_writes_the_labels_of_a_run_without_it(d
                        [(tmp_path / "cluster.tif", tmp_path / "cluster.json")])
 
 
+def test_a_local_cluster_of_worker_processes_gives_the_same_files(tiny_pipeline, folder, tmp_path):
+    images = sorted(folder.iterdir())
+    expected, found = _outputs(tmp_path / "one", images), _outputs(tmp_path / "cluster", images)
+    counts = _in_process(tiny_pipeline, images, expected, FAST)
+    with cluster.connect(workers=2, threads_per_worker=1) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        assert client.dashboard_link.startswith("http://")
+        assert cluster.segment_files(client, TinyRecipe(torch_threads=cluster.in_process_threads()), images, found,
+                                     FAST) == counts
+    _assert_same_files(expected, found)
+
+
 def test_workers_without_the_weights_give_one_line(dask_cluster, folder, tmp_path, capsys):
     address, _, _ = dask_cluster  # the workers' weights cache folder is empty
     code = main(["segment-everything", str(folder / "cells0.tif"), "--labels", str(tmp_path / "out.tif"),

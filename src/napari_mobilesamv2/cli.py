@@ -20,9 +20,9 @@ import numpy as np
 
 from .errors import InputError, MobileSAMv2Error, OutputError
 from .models.registry import WEIGHT_FILES, default_weight_set
-from .imaging import MAX_PIXELS
+from .batch import PlaneRun, write_stack_outputs
 from .options import (
-    EMBEDDINGS_FOLDER_HELP, LARGE_IMAGE_TILE, THROUGH_STACK_HELP, EverythingOptions, ImageOptions, ModelOptions, OptionInfo,
+    EMBEDDINGS_FOLDER_HELP, THROUGH_STACK_HELP, EverythingOptions, ImageOptions, ModelOptions, OptionInfo,
     PropagationOptions, options_of,
 )
 
@@ -159,7 +159,20 @@ def _add_everything_command(commands) -> None:
     )
     for info in options_of(EverythingOptions):
         _add_option(groups[info.spec.group], info)
+    _add_cluster_options(everything)
     everything.set_defaults(run=run_segment_everything)
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    from . import cluster
+
+    group = parser.add_argument_group("cluster (dask.distributed)")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help=cluster.SCHEDULER_HELP)
+    where.add_argument("--workers", type=int, metavar="N", help=cluster.WORKERS_HELP)
+    group.add_argument("--threads-per-worker", type=int, default=cluster.DEFAULT_THREADS_PER_WORKER, metavar="N",
+                       help=cluster.THREADS_HELP)
+    group.add_argument("--torch-threads", type=int, metavar="N", help=cluster.TORCH_THREADS_HELP)
 
 
 EVERYTHING_GROUPS = {
@@ -469,6 +482,12 @@ def run_segment_everything(args: argparse.Namespace) -> int:
     images = collect_images(args.images)
     outputs = output_paths(args, images)
     tracks = _tracks_paths(args, images)
+    if args.scheduler is not None or args.workers is not None:
+        if args.tracks is not None:
+            raise InputError("--tracks is written by runs on this machine only; run without --scheduler/--workers, "
+                             "or write the labels on the cluster and the tracks afterwards from Python "
+                             "(napari_mobilesamv2.tracks)")
+        return _segment_on_cluster(args, options, image_options, images, outputs)
     embeddings = _embedding_cache(args.embeddings)
     model = _load_model(args, with_detector=options.strategy == "object-aware")
     _hint_detector_settings(model, options, args.detector_weights)
@@ -478,9 +497,54 @@ def run_segment_everything(args: argparse.Namespace) -> int:
             count = _segment_stack_file(model, read_image(path), labels_path, proposals_path, args.rgb, options,
                                         image_options, tracks[image_id])
         else:
-            run = PlaneRun(model, path, labels_path, proposals_path, image_id, embeddings, args.resume)
+            run = PlaneRun(model, path, labels_path, proposals_path, image_id, embeddings, args.resume,
+                           drive=_run_with_bar)
             count = run.segment(options, image_options)
         tqdm.write(f"{path}: {count} objects")
+    return 0
+
+
+def _segment_on_cluster(args: argparse.Namespace, options, image_options, images, outputs) -> int:
+    """The same run on a dask cluster: the workers segment and write, the client shows progress."""
+    from types import SimpleNamespace
+
+    from tqdm.auto import tqdm
+
+    from . import cluster
+
+    if args.workers is None and args.threads_per_worker != cluster.DEFAULT_THREADS_PER_WORKER:
+        raise InputError("--threads-per-worker sets the threads of the workers that --workers starts; with "
+                         "--scheduler, give dask worker its --nthreads")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise InputError(f"--torch-threads must be at least 1, not {args.torch_threads}")
+    if not args.verbose:
+        import distributed  # noqa: F401  its logging settings come with it: quieted after
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)  # no worker start/stop chatter
+    model_options = options_from_args(ModelOptions, args)
+    spec = cluster.ModelSpec(
+        model_options.encoder, encoder_weights=args.encoder_weights, decoder_weights=args.decoder_weights,
+        detector_weights=args.detector_weights, device=model_options.device,
+        trust_weights=model_options.trust_weights, download=not args.no_download,
+        load_detector=options.strategy == "object-aware",
+        torch_threads=args.torch_threads or cluster.in_process_threads(),
+    )
+    with cluster.connect(args.scheduler, args.workers, args.threads_per_worker) as client:
+        print(f"dask dashboard: {client.dashboard_link}", flush=True)
+        loaded = cluster.load_models(client, spec)
+        _hint_detector_settings(SimpleNamespace(detector_settings=loaded["detector_settings"]), options,
+                                args.detector_weights)
+        with tqdm(desc="segment everything", unit="task", total=0) as bar:
+            def on_task(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            cluster.segment_files(
+                client, spec, images, outputs, options, image_options, stack=args.stack, rgb=args.rgb,
+                resume=args.resume, embeddings=args.embeddings, on_task=on_task,
+                on_image=lambda path, count: tqdm.write(f"{path}: {count} objects"),
+            )
     return 0
 
 
@@ -506,123 +570,6 @@ def _embedding_cache(folder: Path | None):
     return EmbeddingCache(folder)
 
 
-class PlaneRun:
-    """Segment everything in one image file and write its outputs (tiled for large images)."""
-
-    def __init__(self, model, path: Path, labels_path, proposals_path, image_id: int, embeddings, resume: bool):
-        self.model, self.path, self.image_id = model, path, image_id
-        self.labels_path, self.proposals_path = labels_path, proposals_path
-        self.embeddings, self.resume = embeddings, resume
-
-    def segment(self, options: EverythingOptions, image_options: ImageOptions) -> int:
-        from .large_io import open_image
-
-        lazy = _open_plane(self.path)
-        if lazy is not None and options.tile is None and lazy.height * lazy.width > MAX_PIXELS \
-                and options.strategy == "object-aware":
-            warnings.warn(f"{self.path} has {lazy.height}x{lazy.width} pixels, more than one untiled run holds: "
-                          f"segmenting it in tiles of {LARGE_IMAGE_TILE} px (set --tile to choose)", UserWarning,
-                          stacklevel=1)
-            options = options.replace(tile=LARGE_IMAGE_TILE)
-        tiled = options.tile is not None and options.strategy == "object-aware"
-        if lazy is not None and tiled and max(lazy.height, lazy.width) > options.tile:
-            return self._tiled(open_image(self.path), options, image_options.conversion())
-        return self._whole(options, image_options.conversion())
-
-    def _whole(self, options, conversion) -> int:
-        from . import engine
-
-        image = _read_whole(self.path)
-        embedding_of = None
-        if self.embeddings is not None:
-            def embedding_of(key, pixels):
-                rgb = self.model.prepare_image(pixels, **conversion)
-                return engine.embed_cached(self.model, self.embeddings, rgb, key)
-
-        result, = _run_with_bar(engine.segment_planes(self.model, [()], lambda _: image, options, conversion,
-                                                      embedding_of=embedding_of))
-        self._write(result)
-        return len(result)
-
-    def _tiled(self, lazy, options, conversion) -> int:
-        from .resume import RunRecord, record_folder
-        from .tiled import segment_tiled_steps
-
-        shape = (lazy.height, lazy.width)
-        identity = {
-            "image": _file_identity(self.path, lazy), "options": options.to_dict(), "conversion": conversion,
-            "models": self.model.model_id,
-        }
-        record = RunRecord(record_folder(self.labels_path or self.proposals_path), identity, resume=self.resume)
-        with lazy:
-            result = _run_with_bar(segment_tiled_steps(
-                self.model, shape, lambda rows, cols: lazy[rows, cols], options, conversion,
-                embeddings=self.embeddings, record=record,
-            ))
-        self._write(result)
-        record.discard()
-        return len(result)
-
-    def _write(self, result) -> None:
-        from .export import coco_results, write_json
-
-        if self.labels_path is not None:
-            write_label_image(self.labels_path, result)
-        if self.proposals_path is not None:
-            write_json(self.proposals_path, coco_results(result, image_id=self.image_id))
-
-
-PAINT_WINDOW = 2048  # labels of large images are painted and written in windows of this many pixels a side
-
-
-def write_label_image(path: Path, result) -> None:
-    """Labels of a result into a TIFF or zarr file; a tiled result window by window, atomically."""
-    from .io import write_labels
-    from .large_io import LabelsWriter
-
-    labels = getattr(result, "labels", None)
-    if labels is not None and path.suffix.lower() != ".zarr":
-        write_labels(path, labels)
-        return
-    height, width = result.shape
-    with LabelsWriter(path, (height, width)) as writer:
-        for y0 in range(0, height, PAINT_WINDOW):
-            for x0 in range(0, width, PAINT_WINDOW):
-                rows, cols = slice(y0, min(height, y0 + PAINT_WINDOW)), slice(x0, min(width, x0 + PAINT_WINDOW))
-                block = labels[rows, cols] if labels is not None else result.paint(rows, cols)[0]
-                writer.write((rows, cols), block)
-
-
-def _read_whole(path: Path):
-    """All pixels of an image file or zarr store."""
-    from .io import read_image
-    from .large_io import open_image
-
-    if path.suffix.lower() != ".zarr":
-        return read_image(path)
-    with open_image(path) as lazy:
-        return np.asarray(lazy)
-
-
-def _open_plane(path: Path):
-    """The image opened lazily when it is one 2D plane (grey or with channels), else None."""
-    from .large_io import open_image
-
-    try:
-        lazy = open_image(path)
-    except (MobileSAMv2Error, OSError, ValueError):
-        return None  # read whole later, with the usual messages
-    with lazy:
-        plane = len(lazy.shape) == 2 + bool(lazy.has_channels)
-    return lazy if plane else None
-
-
-def _file_identity(path: Path, lazy) -> dict:
-    stat = path.stat()
-    return {"path": str(path.resolve()), "shape": list(lazy.shape), "dtype": str(lazy.dtype),
-            "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def _run_with_bar(steps):
     """Drive engine steps with a progress bar of planes that shows the current step."""
     from tqdm.auto import tqdm
@@ -642,20 +589,11 @@ def _segment_stack_file(model, stack, labels_path, proposals_path, rgb: bool, op
                         tracks_path: Path | None = None) -> int:
     """Segment and link a stack; write its nD labels, one proposal list (image_id = plane) and its tracks."""
     from . import engine
-    from .export import stack_coco_results, write_json
-    from .io import write_labels
-    from .stack import linked_table
 
     stack_shape, read_plane = engine.array_plane_reader(stack, 3 if rgb else 2)
     _check_time_series(tracks_path, stack_shape)
     found = _run_with_bar(engine.segment_stack_steps(model, stack_shape, read_plane, options, image_options.conversion()))
-    if labels_path is not None:
-        write_labels(labels_path, found.link.labels)
-    if proposals_path is not None:
-        write_json(proposals_path, stack_coco_results(found.link, found.planes))
-    if tracks_path is not None:
-        scores = linked_table(found.link, [plane.table() for plane in found.planes])["score"]
-        _write_tracks(tracks_path, found.link.labels, scores)
+    write_stack_outputs(found, labels_path, proposals_path, tracks_path)
     return found.link.n_objects
 
 

@@ -160,10 +160,21 @@ def segment_stack_steps(
     if options.fill_gaps:
         found = yield from fill_gap_steps(model, stack_shape, read_plane, found, options, conversion,
                                           embedding_of=embedding_of)
+    result = link_stack(found, stack_shape, options)
+    yield Progress("linking", len(keys), len(keys), f"{result.link.n_objects} objects through {len(keys)} planes")
+    return result
+
+
+def link_stack(found: Sequence[Segmentation], stack_shape: Sequence[int], options: EverythingOptions) -> StackResult:
+    """Link the objects of a stack's segmented planes (in :func:`stack_keys` order) through the stack.
+
+    The step after all planes are done (and their gaps filled), whether they were segmented
+    here or on a cluster.
+    """
+    keys = stack_keys(stack_shape)
     labels = np.stack([f.labels for f in found]).reshape(*stack_shape, *found[0].labels.shape)
     link = link_planes(labels, options.link_iou)
-    yield Progress("linking", len(keys), len(keys), f"{link.n_objects} objects through {len(keys)} planes")
-    return StackResult(link, found, keys)
+    return StackResult(link, list(found), keys)
 
 
 def fill_gap_steps(

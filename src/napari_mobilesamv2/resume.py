@@ -109,6 +109,14 @@ class RunRecord:
             stability=np.asarray(masks.stability, np.float32),
         )
 
+    def arrays(self, plane: tuple[int, ...], tile: int, kind: str) -> dict[str, np.ndarray] | None:
+        """Arrays saved under `kind` for a tile (or a whole plane, tile 0), or None."""
+        return self._read(plane, tile, kind)
+
+    def save_arrays(self, plane: tuple[int, ...], tile: int, kind: str, **arrays: np.ndarray) -> None:
+        """Keep named arrays under `kind` (a word) for a tile or a whole plane, written whole or not at all."""
+        self._write(plane, tile, kind, **arrays)
+
     def discard(self) -> None:
         """Remove the record (after the outputs are complete, or to start over)."""
         shutil.rmtree(self.folder, ignore_errors=True)

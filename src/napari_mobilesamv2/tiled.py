@@ -160,14 +160,7 @@ def segment_tiled_steps(
         found.append(boxes)
         yield Progress("detecting", tile.index + 1, len(tiles), f"tile {tile.index + 1} of {len(tiles)}: "
                                                                  f"{len(boxes[0])} boxes")
-    merged = merge_tile_boxes(tiles, [b for b, _ in found], [s for _, s in found], shape, iou=options.iou)
-    owner, whole = owner_tile(merged.boxes_xyxy, tiles, shape)
-    if not whole.all():
-        warnings.warn(
-            f"{int((~whole).sum())} object(s) are larger than a tile: their masks end at the tile's edge "
-            f"(choose a larger tile or overlap than {options.tile} and {options.overlap} px)", UserWarning,
-            stacklevel=2,
-        )
+    merged, owner = merged_owners(tiles, found, shape, options)
     decoded: dict[int, DecodedMasks] = {}
     owning = [tile for tile in tiles if (owner == tile.index).any()]
     for done, tile in enumerate(owning):
@@ -181,6 +174,46 @@ def segment_tiled_steps(
         yield Progress("decoding", done + 1, len(owning), f"decoding tile {done + 1} of {len(owning)}: "
                                                           f"{len(rows)} boxes")
     return _assemble(shape, merged, owner, decoded, options)
+
+
+def detect_tile(model, read_window: ReadWindow, shape: tuple[int, int], tile: Tile, options: EverythingOptions,
+                conversion: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The first pass of :func:`segment_tiled_steps` for one tile: its boxes (image pixels) and scores.
+
+    `conversion` holds the plane's intensity ranges (:func:`tile_conversion`). A tiled run
+    spread over several processes calls this for each tile and keeps the result in the
+    run record, where :func:`segment_tiled_steps` finds it.
+    """
+    return _detect_tile(model, tile, shape, _tile_reader(model, read_window, conversion), options)
+
+
+def decode_tile(model, read_window: ReadWindow, tile: Tile, boxes_xyxy: np.ndarray, options: EverythingOptions,
+                conversion: dict[str, Any], *, plane: PlaneKey = (), embeddings=None) -> DecodedMasks:
+    """The second pass of :func:`segment_tiled_steps` for one tile: masks of the boxes it owns.
+
+    `boxes_xyxy` are the merged boxes (image pixels) whose owner is `tile`
+    (:func:`merged_owners`); the masks are in image coordinates.
+    """
+    embed = _tile_embedder(model, _tile_reader(model, read_window, conversion), embeddings, plane)
+    return _decode_tile(model, tile, boxes_xyxy, embed, options)
+
+
+def merged_owners(tiles: list[Tile], found: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int],
+                  options: EverythingOptions):
+    """Merge the tiles' boxes and choose the tile that decodes each merged box.
+
+    Returns the merged boxes (:func:`~napari_mobilesamv2.tiling.merge_tile_boxes`) and the
+    owner tile index of each; warns when objects are larger than a tile.
+    """
+    merged = merge_tile_boxes(tiles, [b for b, _ in found], [s for _, s in found], shape, iou=options.iou)
+    owner, whole = owner_tile(merged.boxes_xyxy, tiles, shape)
+    if not whole.all():
+        warnings.warn(
+            f"{int((~whole).sum())} object(s) are larger than a tile: their masks end at the tile's edge "
+            f"(choose a larger tile or overlap than {options.tile} and {options.overlap} px)", UserWarning,
+            stacklevel=3,
+        )
+    return merged, owner
 
 
 def _tile_reader(model, read_window: ReadWindow, conversion: dict) -> Callable[[Tile], np.ndarray]:

@@ -96,6 +96,23 @@ def test_widget_settings_reach_the_pipeline(docked, blob_pipeline, wait_done):
     assert np.unique(existing.data).tolist() == [0, 9]
 
 
+def test_a_time_series_run_can_add_tracks(docked, blob_pipeline, wait_done):
+    from napari.layers import Tracks
+
+    viewer, widget = docked(image=np.stack([blobs(centres=((20, 20 + t),)) for t in range(4)]))
+    widget.scope.value = "stack"
+    assert not widget.add_tracks.native.isHidden()  # shown for whole-stack runs
+    widget.add_tracks.value = True
+    widget.run()
+    wait_done(widget)
+    tracks = [layer for layer in viewer.layers if isinstance(layer, Tracks)]
+    assert len(tracks) == 1
+    # one object linked through the 4 time points: one track, t = 0..3, x moving by one pixel a step
+    data = tracks[0].data
+    assert data.shape == (4, 4) and set(data[:, 0]) == {1} and data[:, 1].tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(np.diff(data[:, 3]), 1.0, atol=0.05)
+
+
 def test_cancel_changes_no_layer(docked, blob_pipeline, wait_done):
     viewer, widget = docked(image=np.stack([blobs()] * 3))
     existing = viewer.add_labels(np.zeros((3, 64, 96), np.int32))

@@ -64,6 +64,8 @@ CHANNEL_LIKE = 5
 
 #: help of the controls that have no core setting behind them
 TIPS = {
+    "tracks": "for a time series: also add a Tracks layer of the objects' centroids (track id = object id; "
+              "the first stack axis is time)",
     "image": "the image layer to segment (follows the active image layer)",
     "output": "where the objects go: a new Labels layer, or an existing one of the same shape and scale",
     "policy": "writing into an existing layer: 'new ids' paints new objects over it with ids after its largest; "
@@ -557,7 +559,8 @@ class SegmentEverythingWidget(JobWidget):
                                            tooltip=TIPS["boxes"]))
         self.show_boxes_button = PushButton(text="Show boxes", tooltip=TIPS["show_boxes"])
         self.decode_boxes_button = PushButton(text="Decode boxes", tooltip=TIPS["decode_boxes"])
-        self.where = Container(labels=True, widgets=[self.scope, self.link_iou, self.fill_gaps])
+        self.add_tracks = CheckBox(text="add tracks", value=False, tooltip=TIPS["tracks"])
+        self.where = Container(labels=True, widgets=[self.scope, self.link_iou, self.fill_gaps, self.add_tracks])
         self.labels_folder = FileEdit(label="large labels folder", mode="d", value=api.default_labels_folder(),
                                       tooltip=api.LABELS_FOLDER_HELP.format(limit=api.large_io.NAPARI_PLANE_LIMIT))
         self.destination = Container(labels=True, widgets=[self.output, self.policy, self.labels_folder])
@@ -588,6 +591,7 @@ class SegmentEverythingWidget(JobWidget):
         stack = self._has_stack()
         self.scope.visible = stack
         self.link_iou.visible = self.fill_gaps.visible = stack and self.scope.value == "stack"
+        self.add_tracks.visible = stack and self.scope.value == "stack"
         self.where.visible = stack
         self.policy.visible = self.output.value is not None
         self.box_section.visible = strategy == "object-aware"
@@ -613,7 +617,10 @@ class SegmentEverythingWidget(JobWidget):
             self.images.selected_image(), self.viewer, output=self.output.value, policy=self.policy.value,
             scope=self._scope(), labels_folder=self.labels_folder.value,
             embeddings_folder=self.model.embeddings_folder.value, **self.settings(),
-        ))
+        ), then=self._add_tracks if self._scope() == "stack" and self.add_tracks.value else None)
+
+    def _add_tracks(self, labels: Labels) -> None:
+        api.tracks_layer(labels, self.viewer)
 
     def show_boxes(self) -> None:
         """Add the detector's boxes of the current plane as an editable Shapes layer."""

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,6 +247,9 @@ def test_training_writes_a_pickle_free_detector_and_tunes_thresholds(train_dock,
     assert is_detector_state(out) and load_detector_state(out).head.reg_max == 26
     assert json.loads(out.with_suffix(".json").read_text())["training"]["epochs_run"] == 1
     assert latest_detector() == out and seen == [out]
+    from napari_mobilesamv2.models.config import remembered_detectors
+
+    assert Path(out).resolve() in [Path(p) for p in remembered_detectors()]  # listed in later sessions too
     summary = widget.summary.value.replace(ZERO_WIDTH_SPACE, "")
     assert f"Wrote {out}" in summary and f"conf {report.thresholds.conf:g}" in summary
     assert widget.status_text.startswith(f"done: wrote {out}, stopped after epoch 1")

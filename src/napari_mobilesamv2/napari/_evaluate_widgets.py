@@ -53,6 +53,7 @@ from ..evaluation.matching import check_thresholds
 from ..export import write_json
 from ..imaging import to_rgb_uint8
 from ..io import atomic_write, check_output_path
+from ..models.config import remember_detector
 from ..options import DEVICES, ImageOptions, ModelOptions, option_info
 from ..training import (
     DEFAULT_BATCH,
@@ -768,6 +769,7 @@ class TrainDetectorWidget(_TaskDock):
         self.report = report
         self.summary.value = _breakable(training_summary(report))
         set_latest_detector(report.path)
+        remember_detector(report.path)  # listed in the model section's detectors in later sessions too
         cancelled = " (Cancel came too late: the detector was already written)" if self._cancel.is_set() else ""
         stopped = f", stopped after epoch {report.epochs_run}" if report.stopped_early else ""
         self._set_status(f"done: wrote {report.path}{stopped}{cancelled}")

@@ -28,6 +28,15 @@ IOU_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MATCH_IOU = 0.5
 
 
+def match_rates(n_matched: int, n_predicted: int, n_true: int) -> tuple[float, float, float]:
+    """Precision ``matched / predicted``, recall ``matched / true`` and F1 ``2 matched / (predicted + true)``,
+    each 0.0 where its denominator is 0."""
+    precision = n_matched / n_predicted if n_predicted else 0.0
+    recall = n_matched / n_true if n_true else 0.0
+    f1 = 2 * n_matched / (n_predicted + n_true) if n_predicted + n_true else 0.0
+    return float(precision), float(recall), float(f1)
+
+
 @dataclass(frozen=True)
 class BoxScores:
     """How well predicted boxes match the true boxes (IoU >= 0.5, one-to-one).
@@ -54,10 +63,8 @@ class BoxScores:
     @classmethod
     def from_counts(cls, n_matched: int, n_predicted: int, n_true: int, seconds_per_image: float) -> BoxScores:
         """Scores of the given counts."""
-        precision = n_matched / n_predicted if n_predicted else 0.0
-        recall = n_matched / n_true if n_true else 0.0
-        f1 = 2 * n_matched / (n_predicted + n_true) if n_predicted + n_true else 0.0
-        return cls(precision, recall, f1, int(n_true), int(n_predicted), int(n_matched), float(seconds_per_image))
+        return cls(*match_rates(n_matched, n_predicted, n_true), int(n_true), int(n_predicted), int(n_matched),
+                   float(seconds_per_image))
 
     def as_dict(self) -> dict:
         """Plain dict (for JSON)."""

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..prompts.object_aware import detect_objects
+from .evaluation import match_rates
 
 MASK_MATCH_IOU = 0.5
 """Least mask IoU of a predicted mask and a true object to count as found."""
@@ -58,10 +59,7 @@ class MaskScores:
     @classmethod
     def from_counts(cls, n_matched: int, n_predicted: int, n_true: int) -> MaskScores:
         """Scores of the given counts."""
-        precision = n_matched / n_predicted if n_predicted else 0.0
-        recall = n_matched / n_true if n_true else 0.0
-        f1 = 2 * n_matched / (n_predicted + n_true) if n_predicted + n_true else 0.0
-        return cls(float(precision), float(recall), float(f1), int(n_true), int(n_predicted), int(n_matched))
+        return cls(*match_rates(n_matched, n_predicted, n_true), int(n_true), int(n_predicted), int(n_matched))
 
     def as_dict(self) -> dict:
         """Plain dict (for JSON)."""

@@ -211,12 +211,13 @@ def test_the_python_api_tiles_large_planes_and_not_small_ones(tiny_pipeline, til
 def test_zarr_stores_are_images_on_the_command_line(tmp_path):
     from pathlib import Path
 
-    from napari_mobilesamv2.cli import _open_plane, _read_whole, collect_images
+    from napari_mobilesamv2.batch import open_plane, read_whole
+    from napari_mobilesamv2.cli import collect_images
 
     pixels = np.random.default_rng(0).integers(0, 4000, (300, 400)).astype(np.uint16)
     store = zarr.create_array(str(tmp_path / "img.zarr"), shape=pixels.shape, dtype=pixels.dtype, chunks=(128, 128))
     store[:] = pixels
     assert collect_images([tmp_path]) == [tmp_path / "img.zarr"]
-    np.testing.assert_array_equal(_read_whole(Path(tmp_path / "img.zarr")), pixels)
-    lazy = _open_plane(tmp_path / "img.zarr")
+    np.testing.assert_array_equal(read_whole(Path(tmp_path / "img.zarr")), pixels)
+    lazy = open_plane(tmp_path / "img.zarr")
     assert (lazy.height, lazy.width) == (300, 400)

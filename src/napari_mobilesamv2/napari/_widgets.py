@@ -700,6 +700,7 @@ class SegmentAnythingWidget(JobWidget):
         self.negative.changed.connect(self._apply_point_sign)
         self.points.changed.connect(self._apply_point_sign)
         self.output.changed.connect(self._show_applicable)
+        self._connect_shared(self._show_applicable)
         self.run_button.changed.connect(self.run)
         bindings = {RUN_ANYTHING_KEY: _KeyAction(self.run), TOGGLE_NEGATIVE_KEY: _KeyAction(self._toggle_negative)}
         for key, action in bindings.items():
@@ -711,6 +712,10 @@ class SegmentAnythingWidget(JobWidget):
 
     def _show_applicable(self, _value=None) -> None:
         self.policy.visible = self.output.value is not None
+        stack = self.images.stack_axes() > 0
+        self.through_stack.visible = stack
+        if not stack:
+            self.through_stack.value = False
 
     def settings(self) -> dict:
         return {**self.images.settings(), **self.model.settings()}

@@ -588,6 +588,7 @@ class SegmentEverythingWidget(JobWidget):
         self.main_options.show_for(strategy)
         self.advanced.show_for(strategy)
         self.advanced.visible = self.show_advanced.value
+        self.labels_folder.visible = self.show_advanced.value  # matters for large images only
         stack = self._has_stack()
         self.scope.visible = stack
         self.link_iou.visible = self.fill_gaps.visible = stack and self.scope.value == "stack"

@@ -7,16 +7,17 @@ crashes the process with a segmentation fault. ``import torchvision`` imports
 ``torch._dynamo``, which imports Triton when it is installed, so opening the
 napari plugin after the viewer would crash napari.
 
-Triton only serves ``torch.compile``; this package runs eager PyTorch, so in such
-a process Triton is made unimportable (torch then runs without it). Processes
-without libLLVM (scripts before a window exists) are left alone. The check runs
-only where napari runs: when :mod:`napari_mobilesamv2.napari` is imported, and
-when the core package is imported into a process that already imported napari
-(the plugin's modules import the core package first, before torch).
+Triton only serves ``torch.compile``; this package runs eager PyTorch. Where napari runs
+(when :mod:`napari_mobilesamv2.napari` is imported, or the core package into a process
+that imported napari) an import hook is installed: when torch or Triton is first imported
+into a process that has libLLVM loaded at that moment, Triton is made unimportable (torch
+then runs without it). A script that imports the package before it opens a window is
+covered too; processes without libLLVM are left alone.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import logging
 import sys
 
@@ -24,16 +25,32 @@ log = logging.getLogger(__name__)
 
 
 def block_triton_if_llvm_loaded() -> bool:
-    """Make ``import triton`` fail if libLLVM is already mapped; True when it did."""
+    """Make ``import triton`` fail whenever libLLVM is mapped at that moment; True when installed.
+
+    The check is made when Triton is imported, not now, so a window opened later (a script
+    that imports this package first) is covered too.
+    """
     if "triton" in sys.modules or not sys.platform.startswith("linux"):
         return False
+    if not any(isinstance(finder, _TritonGate) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _TritonGate())
+    return True
+
+
+def _llvm_loaded() -> bool:
     try:
         with open("/proc/self/maps") as maps:
-            llvm_loaded = any("libLLVM" in line for line in maps)
+            return any("libLLVM" in line for line in maps)
     except OSError:
         return False
-    if llvm_loaded:
-        sys.modules["triton"] = None  # type: ignore[assignment]  # import triton -> ImportError
-        log.info("libLLVM is loaded (Mesa OpenGL): Triton disabled to avoid a crash; torch runs eagerly")
-    return llvm_loaded
 
+
+class _TritonGate(importlib.abc.MetaPathFinder):
+    """Blocks Triton when torch (which imports it) or Triton itself is imported in a process
+    that has libLLVM loaded at that moment; finds nothing itself."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in ("torch", "triton") and "triton" not in sys.modules and _llvm_loaded():
+            sys.modules["triton"] = None  # type: ignore[assignment]  # import triton -> ImportError
+            log.info("libLLVM is loaded (Mesa OpenGL): Triton disabled to avoid a crash; torch runs eagerly")
+        return None
